@@ -1,0 +1,138 @@
+"""Frozen, validated configuration dataclasses and the named model presets.
+
+Configs are hashable so they can act as static arguments: equal configs reuse a compiled
+graph, a changed one recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# Fixed ids of the special tokens of our sentencepiece vocabularies (electra_fn.data.tokenizer).
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def _require(cond: bool, cls: str, field_name: str, value, why: str) -> None:
+    if not cond:
+        raise ValueError(f"{cls}.{field_name}={value!r}: {why}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the shared embeddings, the discriminator and the generator.
+
+    The generator keeps the discriminator's depth and shrinks width, heads and FFN by
+    ``generator_multiplier`` (paper, section 3.2: 1/4 for Small and Large, 1/3 for Base).
+    """
+
+    vocab_size: int = 30522
+    embedding_size: int = 128
+    hidden_size: int = 256
+    num_layers: int = 12
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    generator_multiplier: float = 0.25
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = PAD_ID
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        c = "ModelConfig"
+        for f in ("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads",
+                  "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            v = getattr(self, f)
+            _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, c, f, v,
+                     "must be a positive integer")
+        _require(self.hidden_size % self.num_heads == 0, c, "hidden_size", self.hidden_size,
+                 f"must be divisible by num_heads={self.num_heads}")
+        _require(0.0 < self.generator_multiplier <= 1.0, c, "generator_multiplier",
+                 self.generator_multiplier, "must be in (0, 1]")
+        for f in ("hidden_dropout", "attention_dropout"):
+            v = getattr(self, f)
+            _require(0.0 <= v < 1.0, c, f, v, "must be in [0, 1)")
+        _require(self.layer_norm_eps > 0, c, "layer_norm_eps", self.layer_norm_eps, "must be > 0")
+        _require(self.initializer_range > 0, c, "initializer_range", self.initializer_range,
+                 "must be > 0")
+        _require(0 <= self.pad_token_id < self.vocab_size, c, "pad_token_id", self.pad_token_id,
+                 f"must be in [0, vocab_size={self.vocab_size})")
+        g = self.generator
+        _require(g.hidden_size >= 1 and g.hidden_size % g.num_heads == 0, c,
+                 "generator_multiplier", self.generator_multiplier,
+                 f"gives generator hidden {g.hidden_size} not divisible by heads {g.num_heads}")
+
+    # -- the two encoders --------------------------------------------------------------
+    @property
+    def discriminator(self) -> "EncoderConfig":
+        return EncoderConfig(self.embedding_size, self.hidden_size, self.num_layers,
+                             self.num_heads, self.intermediate_size)
+
+    @property
+    def generator(self) -> "EncoderConfig":
+        m = self.generator_multiplier
+        return EncoderConfig(self.embedding_size, max(1, int(round(self.hidden_size * m))),
+                             self.num_layers, max(1, int(round(self.num_heads * m))),
+                             max(1, int(round(self.intermediate_size * m))))
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "ModelConfig":
+        """A named preset (``tiny``, ``small``, ``small++``, ``base``, ``large``) with overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    def replace(self, **overrides) -> "ModelConfig":
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown field(s) {unknown}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Shape of one transformer stack (derived from ModelConfig, never built by hand)."""
+
+    embedding_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def has_projection(self) -> bool:
+        # The original creates ``embeddings_project`` only when the sizes differ.
+        return self.embedding_size != self.hidden_size
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # For tests and CPU demos.
+    "tiny": ModelConfig(vocab_size=1000, embedding_size=32, hidden_size=64, num_layers=2,
+                        num_heads=2, intermediate_size=128, generator_multiplier=0.5,
+                        max_position_embeddings=128, name="tiny"),
+    # The paper's ELECTRA-Small: 1/4-size generator.
+    "small": ModelConfig(name="small"),
+    # The released ELECTRA-Small++ (google/electra-small-*): full-size generator.
+    "small++": ModelConfig(generator_multiplier=1.0, name="small++"),
+    "base": ModelConfig(embedding_size=768, hidden_size=768, num_layers=12, num_heads=12,
+                        intermediate_size=3072, generator_multiplier=1 / 3, name="base"),
+    "large": ModelConfig(embedding_size=1024, hidden_size=1024, num_layers=24, num_heads=16,
+                         intermediate_size=4096, generator_multiplier=0.25, name="large"),
+}
