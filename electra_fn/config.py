@@ -136,3 +136,68 @@ PRESETS: dict[str, ModelConfig] = {
     "large": ModelConfig(embedding_size=1024, hidden_size=1024, num_layers=24, num_heads=16,
                          intermediate_size=4096, generator_multiplier=0.25, name="large"),
 }
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The pre-training recipe. Defaults are the paper's ELECTRA-Small (Table 6, Appendix A)."""
+
+    model: ModelConfig = field(default_factory=lambda: PRESETS["small"])
+    seq_len: int = 128
+    batch_size: int = 128
+    total_steps: int = 1_000_000
+    warmup_steps: int = 10_000
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-6
+    clip_norm: float = 1.0
+    mask_prob: float = 0.15
+    disc_weight: float = 50.0
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        c = "PretrainConfig"
+        for f in ("seq_len", "batch_size", "total_steps"):
+            v = getattr(self, f)
+            _require(isinstance(v, int) and v > 0, c, f, v, "must be a positive integer")
+        _require(self.seq_len <= self.model.max_position_embeddings, c, "seq_len", self.seq_len,
+                 f"exceeds model.max_position_embeddings={self.model.max_position_embeddings}")
+        _require(self.seq_len >= 8, c, "seq_len", self.seq_len, "must be at least 8")
+        _require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, c,
+                 "warmup_steps", self.warmup_steps, "must be a non-negative integer")
+        _require(self.learning_rate > 0, c, "learning_rate", self.learning_rate, "must be > 0")
+        _require(self.weight_decay >= 0, c, "weight_decay", self.weight_decay, "must be >= 0")
+        _require(0 <= self.adam_b1 < 1, c, "adam_b1", self.adam_b1, "must be in [0, 1)")
+        _require(0 <= self.adam_b2 < 1, c, "adam_b2", self.adam_b2, "must be in [0, 1)")
+        _require(self.adam_eps > 0, c, "adam_eps", self.adam_eps, "must be > 0")
+        _require(self.clip_norm > 0, c, "clip_norm", self.clip_norm, "must be > 0")
+        _require(0 < self.mask_prob < 1, c, "mask_prob", self.mask_prob, "must be in (0, 1)")
+        _require(self.disc_weight >= 0, c, "disc_weight", self.disc_weight, "must be >= 0")
+        _require(self.temperature > 0, c, "temperature", self.temperature, "must be > 0")
+
+    @property
+    def max_predictions(self) -> int:
+        # configure_pretraining.py: max_predictions_per_seq = int((mask_prob + 0.005) * max_len)
+        return int((self.mask_prob + 0.005) * self.seq_len)
+
+    def replace(self, **overrides) -> "PretrainConfig":
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["max_predictions"] = self.max_predictions
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainConfig":
+        d = dict(d)
+        d.pop("max_predictions", None)
+        model = ModelConfig.from_dict(d.pop("model"))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"PretrainConfig: unknown field(s) {unknown}")
+        return cls(model=model, **d)

@@ -1,0 +1,495 @@
+"""Pre-training examples: corpus files → documents → sentences → [CLS] A [SEP] B [SEP] rows.
+
+Follows ELECTRA's ``build_pretraining_dataset.py`` (ExampleBuilder): sentences are packed up to the
+target length without crossing document ends; 10% of examples keep a single segment; 5% get a
+random target length in [5, max_len]. The corpus format is one paragraph per line and a blank
+line between documents; paragraphs are split into sentences here (the original expected one
+sentence per line), so packing can cut between sentences instead of truncating long paragraphs.
+
+Arrays are cached under ``cache_dir/data-<hash>/`` keyed by corpus content, tokenizer, settings
+and ``PRETRAIN_DATA_VERSION``; a second call with equal inputs loads them instead of rebuilding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+import torch
+
+from electra_fn.config import PAD_ID
+
+if TYPE_CHECKING:
+    from electra_fn.data.tokenizer import Tokenizer
+
+# Bump when the example-building algorithm or the cached layout changes (invalidates caches).
+PRETRAIN_DATA_VERSION = 1
+SINGLE_SEGMENT_PROB = 0.1  # original: random() < 0.1 → first_segment_target_length = 100000
+RANDOM_LENGTH_PROB = 0.05  # original: random.random() < 0.05 → target = randint(5, max_length)
+MIN_RANDOM_LENGTH = 5
+_AUTO_MULTIPROC_DOCUMENTS = 2000  # below this, worker start-up costs more than it saves
+
+
+def default_corpus_path() -> str:
+    """Path of the bundled default corpus (122 English Wikipedia articles, CC BY-SA 3.0)."""
+    path = Path(__file__).resolve().parent.parent / "assets" / "wiki_small.txt.xz"
+    if not path.is_file():
+        raise FileNotFoundError(f"bundled default corpus missing: {path}")
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- corpus files
+
+
+def expand_corpus_paths(specs: str | Sequence[str]) -> list[str]:
+    """Files named by each spec: a file, a directory (recursive, sorted) or a glob pattern."""
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [specs]
+    specs = [os.fspath(s) for s in specs]
+    paths: list[str] = []
+    for spec in specs:
+        if os.path.isfile(spec):
+            found = [spec]
+        elif os.path.isdir(spec):
+            found = _files_under(spec)
+        elif glob.has_magic(spec):
+            found = []
+            for match in sorted(glob.glob(spec, recursive=True)):
+                found += [match] if os.path.isfile(match) else _files_under(match)
+            if not found:
+                raise FileNotFoundError(f"corpus pattern matches no file: {spec}")
+        else:
+            raise FileNotFoundError(f"corpus path not found: {spec}")
+        paths += [p for p in found if p not in paths]
+    if not paths:
+        raise ValueError(f"no corpus files found in {specs}")
+    return paths
+
+
+def _files_under(directory: str) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
+    return sorted(found)
+
+
+def _open_binary(path: str):
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".xz"):
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+def read_lines(path: str) -> Iterator[str]:
+    """Lines of one .txt/.gz/.xz file, strictly UTF-8, without line ends."""
+    try:
+        with _open_binary(path) as f:
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(
+                        f"{path} line {line_no}: not valid UTF-8 "
+                        f"(byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+                if line_no == 1:
+                    line = line.removeprefix("\ufeff")
+                yield line.rstrip("\r\n")
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise ValueError(f"{path}: cannot read compressed/plain text: {e}") from e
+
+
+def read_documents(paths: str | Sequence[str]) -> Iterator[list[str]]:
+    """Documents (lists of non-blank, stripped lines); blank lines and file ends separate them."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    any_text = False
+    for path in paths:
+        doc: list[str] = []
+        for line in read_lines(path):
+            line = line.strip()
+            if line:
+                doc.append(line)
+            elif doc:
+                any_text = True
+                yield doc
+                doc = []
+        if doc:
+            any_text = True
+            yield doc
+    if not any_text:
+        raise ValueError(f"no text found in {', '.join(paths)}")
+
+
+_CLOSERS = "\"'”’)]»"
+_OPENERS = "\"'“‘([«"
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr vs etc no nos fig figs vol vols ed eds e.g i.e cf al approx "
+    "ca c gen col lt sgt capt rev gov sen rep inc ltd co corp mt ft jan feb mar apr jun jul aug "
+    "sep sept oct nov dec u.s u.k".split())
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """Split a paragraph after . ! ? (plus closing quotes) when the next word starts a sentence.
+
+    The next word must begin (after optional opening quotes) with an upper-case letter or a
+    digit; single-letter initials ("J. R. Tolkien") and common abbreviations ("Dr.", "e.g.")
+    do not end a sentence. Whitespace inside the paragraph is collapsed to single spaces.
+    """
+    words = paragraph.split()
+    sentences, start = [], 0
+    for i in range(len(words) - 1):
+        word = words[i].rstrip(_CLOSERS)
+        if not word or word[-1] not in ".!?":
+            continue
+        nxt = words[i + 1].lstrip(_OPENERS)
+        if not nxt or not (nxt[0].isupper() or nxt[0].isdigit()):
+            continue
+        stem = word[:-1].lstrip(_OPENERS)
+        is_initial = len(stem) == 1 and stem.isalpha()
+        if word[-1] == "." and (is_initial or stem.lower() in _ABBREVIATIONS):
+            continue
+        sentences.append(" ".join(words[start:i + 1]))
+        start = i + 1
+    if start < len(words):
+        sentences.append(" ".join(words[start:]))
+    return sentences
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (as stored, so a .xz file hashes its compressed bytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- example builder
+
+
+def _next_target_length(max_len: int, rng: np.random.Generator) -> int:
+    # original: small chance for a random-length instead of a max_length-length example
+    if rng.random() < RANDOM_LENGTH_PROB:
+        return int(rng.integers(MIN_RANDOM_LENGTH, max_len + 1))
+    return max_len
+
+
+def _split_segments(sentences: list[Sequence[int]], target_length: int, max_len: int,
+                    rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """The original ``ExampleBuilder._create_example``: distribute sentences over A and B, trim."""
+    if rng.random() < SINGLE_SEGMENT_PROB:
+        first_target = 100000  # single segment, as in classification inputs
+    else:
+        first_target = (target_length - 3) // 2  # -3 for [CLS] and two [SEP]
+    first: list[int] = []
+    second: list[int] = []
+    for sentence in sentences:
+        # first segment if (1) it is empty, (2) the sentence fits under the target, or
+        # (3) 50% of the time when it overshoots while B is still empty (evaluated lazily, as
+        # in the original, so the 50% draw happens only when (1) and (2) fail)
+        if (not first or len(first) + len(sentence) < first_target
+                or (not second and len(first) < first_target and rng.random() < 0.5)):
+            first += sentence
+        else:
+            second += sentence
+    first = first[:max_len - 2]
+    second = second[:max(0, max_len - len(first) - 3)]
+    return first, second
+
+
+def pack_document(sentences: Iterable[Sequence[int]], max_len: int,
+                  rng: np.random.Generator) -> list[tuple[list[int], list[int]]]:
+    """(segment A, segment B) pairs of one document, following the original ExampleBuilder.
+
+    Sentences accumulate until their length reaches the target length or the document ends.
+    The original carried the target length across documents; here each document draws its
+    first target with the same 5% rule so a document's examples depend only on its own rng.
+    """
+    if max_len < MIN_RANDOM_LENGTH:
+        raise ValueError(f"seq_len={max_len} must be at least {MIN_RANDOM_LENGTH}")
+    pairs = []
+    target_length = _next_target_length(max_len, rng)
+    current: list[Sequence[int]] = []
+    current_length = 0
+    for sentence in sentences:
+        if len(sentence) == 0:
+            continue
+        current.append(sentence)
+        current_length += len(sentence)
+        if current_length >= target_length:
+            pairs.append(_split_segments(current, target_length, max_len, rng))
+            current, current_length = [], 0
+            target_length = _next_target_length(max_len, rng)
+    if current:  # the document ends: flush, never continue into the next document
+        pairs.append(_split_segments(current, target_length, max_len, rng))
+    return pairs
+
+
+def encode_pairs(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], max_len: int, *,
+                 cls_id: int, sep_id: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """[CLS] A [SEP] (B [SEP]) padded to max_len: ids int32 [N, L], token types int8 [N, L]."""
+    ids_NxL = np.full((len(pairs), max_len), pad_id, dtype=np.int32)
+    types_NxL = np.zeros((len(pairs), max_len), dtype=np.int8)
+    for row, (first, second) in enumerate(pairs):
+        tokens = [cls_id, *first, sep_id]
+        n_first = len(tokens)
+        if second:
+            tokens += [*second, sep_id]
+        if len(tokens) > max_len:
+            raise ValueError(f"example of {len(tokens)} tokens exceeds seq_len={max_len}")
+        ids_NxL[row, :len(tokens)] = tokens
+        types_NxL[row, n_first:len(tokens)] = 1
+    return ids_NxL, types_NxL
+
+
+def document_rng(seed: int, stream: int, doc_index: int) -> np.random.Generator:
+    """Generator of one document: a pure function of (seed, stream, document index)."""
+    return np.random.default_rng([seed, stream, doc_index])
+
+
+# ----------------------------------------------------------------------------- datasets pipeline
+
+_TRAIN_STREAM, _VALID_FILES_STREAM, _HOLDOUT_STREAM = 0, 1, 2
+
+
+def _documents_generator(paths: tuple[str, ...]):
+    for doc_id, lines in enumerate(read_documents(paths)):
+        yield {"doc_id": doc_id, "lines": lines}
+
+
+def _tokenize_batch(batch: dict[str, list], tokenizer: Tokenizer) -> dict[str, list]:
+    per_doc = [[s for line in lines for s in split_sentences(line)] for lines in batch["lines"]]
+    flat_ids = tokenizer.encode_batch([s for doc in per_doc for s in doc])
+    sentences, start = [], 0
+    for doc in per_doc:
+        sentences.append(flat_ids[start:start + len(doc)])
+        start += len(doc)
+    return {"doc_id": batch["doc_id"], "sentences": sentences}
+
+
+def _examples_batch(batch: dict[str, list], *, seq_len: int, seed: int, stream: int,
+                    special: dict[str, int]) -> dict[str, Any]:
+    ids, types = [], []
+    for doc_id, sentences in zip(batch["doc_id"], batch["sentences"]):
+        pairs = pack_document(sentences, seq_len, document_rng(seed, stream, doc_id))
+        doc_ids, doc_types = encode_pairs(pairs, seq_len, **special)
+        ids.append(doc_ids)
+        types.append(doc_types)
+    if not ids:
+        return {"input_ids": [], "token_type_ids": []}
+    return {"input_ids": np.concatenate(ids), "token_type_ids": np.concatenate(types)}
+
+
+def _column_2d(dataset, name: str, seq_len: int, dtype) -> np.ndarray:
+    chunks = [c.flatten().to_numpy(zero_copy_only=False)
+              for c in dataset.data.column(name).chunks if len(c)]
+    flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+    return flat.astype(dtype).reshape(-1, seq_len)
+
+
+def _build_split(docs, tokenizer: Tokenizer, *, seq_len: int, seed: int, stream: int,
+                 num_proc: int, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    import datasets
+
+    int_list = datasets.List(datasets.Value("int32")) if hasattr(datasets, "List") else \
+        datasets.Sequence(datasets.Value("int32"))
+    token_features = datasets.Features(
+        {"doc_id": datasets.Value("int64"), "sentences": datasets.Sequence(int_list)})
+    tokenized = docs.map(
+        _tokenize_batch, batched=True, batch_size=64, fn_kwargs={"tokenizer": tokenizer},
+        remove_columns=docs.column_names, features=token_features, num_proc=num_proc,
+        new_fingerprint=f"tokenize-{tag}", desc=f"tokenize {tag}")
+    special = {"cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id, "pad_id": tokenizer.pad_id}
+    example_features = datasets.Features({
+        "input_ids": datasets.Sequence(datasets.Value("int32"), length=seq_len),
+        "token_type_ids": datasets.Sequence(datasets.Value("int8"), length=seq_len)})
+    examples = tokenized.map(
+        _examples_batch, batched=True, batch_size=64,
+        fn_kwargs={"seq_len": seq_len, "seed": seed, "stream": stream, "special": special},
+        remove_columns=tokenized.column_names, features=example_features, num_proc=num_proc,
+        new_fingerprint=f"examples-{tag}", desc=f"build examples {tag}")
+    return (_column_2d(examples, "input_ids", seq_len, np.int32),
+            _column_2d(examples, "token_type_ids", seq_len, np.int8))
+
+
+@dataclass
+class PretrainData:
+    """Packed pre-training examples; ids int32 [N, L], token types int8 [N, L]."""
+
+    train_ids: np.ndarray
+    train_token_types: np.ndarray
+    valid_ids: np.ndarray
+    valid_token_types: np.ndarray
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_ARRAYS = ("train_ids", "train_token_types", "valid_ids", "valid_token_types")
+
+
+def _split_stats(prefix: str, ids: np.ndarray, documents: int, pad_id: int) -> dict[str, Any]:
+    tokens = int((ids != pad_id).sum())
+    return {f"{prefix}_documents": documents, f"{prefix}_examples": int(ids.shape[0]),
+            f"{prefix}_tokens": tokens,
+            f"{prefix}_mean_fill": tokens / ids.size if ids.size else 0.0}
+
+
+def _load_cached(path: Path) -> PretrainData:
+    arrays = {name: np.load(path / f"{name}.npy") for name in _ARRAYS}
+    return PretrainData(**arrays, stats=orjson.loads((path / "stats.json").read_bytes()))
+
+
+def _save_atomic(data: PretrainData, path: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the cache is ordinary shared data
+    try:
+        for name in _ARRAYS:
+            np.save(tmp / f"{name}.npy", getattr(data, name))
+        (tmp / "stats.json").write_bytes(orjson.dumps(data.stats, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)
+    except OSError:
+        if not (path / "stats.json").is_file():  # a concurrent writer may have won the race
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_pretraining_data(corpus: str | Sequence[str], tokenizer: Tokenizer, *, seq_len: int,
+                           seed: int, cache_dir: str, valid: str | Sequence[str] | None = None,
+                           valid_fraction: float = 0.02, num_proc: int | None = None,
+                           log: Callable[[str], None] = print) -> PretrainData:
+    """Tokenize and pack a corpus into train/valid examples, cached on disk.
+
+    Without ``valid`` files, about ``valid_fraction`` of the documents (at least one, chosen from
+    ``seed``) are held out whole, so train and valid never share a document.
+    """
+    if seed < 0:
+        raise ValueError(f"seed={seed} must be non-negative")
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction={valid_fraction} must be in [0, 1)")
+    corpus_paths = expand_corpus_paths(corpus)
+    valid_paths = expand_corpus_paths(valid) if valid is not None else None
+    key = {
+        "version": PRETRAIN_DATA_VERSION,
+        "corpus": [file_sha256(p) for p in corpus_paths],
+        "tokenizer": tokenizer.fingerprint,
+        "seq_len": seq_len,
+        "seed": seed,
+        "valid": ({"files": [file_sha256(p) for p in valid_paths]} if valid_paths is not None
+                  else {"fraction": valid_fraction}),
+    }
+    digest = hashlib.sha256(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    os.makedirs(cache_dir, exist_ok=True)
+    final = Path(cache_dir) / f"data-{digest}"
+    if (final / "stats.json").is_file():
+        log(f"reusing cached pre-training data {final}")
+        return _load_cached(final)
+
+    import datasets
+
+    work_dir = tempfile.mkdtemp(dir=cache_dir, prefix=".datasets-work-")
+    bars_were_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        features = datasets.Features({"doc_id": datasets.Value("int64"),
+                                      "lines": datasets.Sequence(datasets.Value("string"))})
+
+        def load(paths: list[str], name: str):
+            # a tuple: datasets would shard a list across generator calls (restarting doc ids)
+            try:
+                return datasets.Dataset.from_generator(
+                    _documents_generator, features=features, gen_kwargs={"paths": tuple(paths)},
+                    cache_dir=os.path.join(work_dir, name))
+            except datasets.exceptions.DatasetGenerationError as e:
+                if isinstance(e.__cause__, ValueError):  # our corpus errors, unwrapped
+                    raise e.__cause__ from None
+                raise
+
+        docs = load(corpus_paths, "corpus")
+        if valid_paths is not None:
+            train_docs, valid_docs = docs, load(valid_paths, "valid")
+            valid_stream = _VALID_FILES_STREAM
+        else:
+            n = len(docs)
+            if n < 2:
+                raise ValueError(f"cannot hold out a validation document: {corpus_paths} holds "
+                                 f"{n} document(s); pass valid= files instead")
+            n_valid = min(n - 1, max(1, round(valid_fraction * n)))
+            held = np.sort(document_rng(seed, _HOLDOUT_STREAM, 0).choice(n, n_valid, replace=False))
+            keep = np.setdiff1d(np.arange(n), held)
+            train_docs, valid_docs = docs.select(keep), docs.select(held)
+            valid_stream = _TRAIN_STREAM  # same documents' stream; indices are corpus indices
+        if num_proc is None:
+            many = len(train_docs) >= _AUTO_MULTIPROC_DOCUMENTS
+            num_proc = min(2, os.cpu_count() or 1) if many else 1
+        log(f"building pre-training data: {len(train_docs)} train / {len(valid_docs)} valid "
+            f"documents, seq_len={seq_len}, num_proc={num_proc}")
+        common = {"seq_len": seq_len, "seed": seed, "num_proc": num_proc}
+        train = _build_split(train_docs, tokenizer, stream=_TRAIN_STREAM, tag="train", **common)
+        valid_arrays = _build_split(valid_docs, tokenizer, stream=valid_stream,
+                                    tag="valid", **common)
+        stats = {**_split_stats("train", train[0], len(train_docs), tokenizer.pad_id),
+                 **_split_stats("valid", valid_arrays[0], len(valid_docs), tokenizer.pad_id),
+                 "seq_len": seq_len, "key": digest}
+        data = PretrainData(train[0], train[1], valid_arrays[0], valid_arrays[1], stats)
+    finally:
+        if bars_were_enabled:
+            datasets.enable_progress_bars()
+        shutil.rmtree(work_dir, ignore_errors=True)
+    _save_atomic(data, final)
+    log(f"pre-training data: {stats['train_examples']} train / {stats['valid_examples']} valid "
+        f"examples, mean fill {stats['train_mean_fill']:.3f}, cached at {final}")
+    return data
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Whole batches per epoch (the remainder is dropped each epoch)."""
+    return num_examples // batch_size
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The example order of one epoch: a pure function of (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def batches(ids: np.ndarray, token_types: np.ndarray, batch_size: int, seed: int,
+            start: tuple[int, int] = (0, 0), *, pad_id: int = PAD_ID
+            ) -> Iterator[tuple[tuple[int, int], dict[str, torch.Tensor]]]:
+    """Endless shuffled batches; yields (position after this batch, batch).
+
+    Restarting with ``start=`` a yielded position continues exactly where that batch left off.
+    """
+    n_steps = steps_per_epoch(len(ids), batch_size)
+    if n_steps == 0:
+        raise ValueError(f"{len(ids)} examples are fewer than one batch of {batch_size}")
+    epoch, index = start
+    if index >= n_steps:
+        epoch, index = epoch + 1, 0
+    while True:
+        order = epoch_order(len(ids), seed, epoch)
+        for step in range(index, n_steps):
+            rows = order[step * batch_size:(step + 1) * batch_size]
+            input_ids_BxL = torch.from_numpy(ids[rows].astype(np.int64))
+            batch = {
+                "input_ids": input_ids_BxL,
+                "token_type_ids": torch.from_numpy(token_types[rows].astype(np.int64)),
+                "attention_mask": (input_ids_BxL != pad_id).long(),
+            }
+            position = (epoch, step + 1) if step + 1 < n_steps else (epoch + 1, 0)
+            yield position, batch
+        epoch, index = epoch + 1, 0

@@ -1,0 +1,312 @@
+"""Tokenizers: our sentencepiece vocabularies (trained and cached here) and BERT WordPiece.
+
+Our sentencepiece models put the specials at fixed ids 0..4 ([PAD] [UNK] [CLS] [SEP] [MASK],
+see ``electra_fn.config``). A trained tokenizer's ``vocab_size`` may be smaller than the size
+asked for (small corpora cannot fill a large unigram vocabulary): the model config must use
+``tokenizer.vocab_size``, not the requested number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import orjson
+import sentencepiece as spm
+
+from electra_fn.config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
+from electra_fn.data.pretrain_data import (expand_corpus_paths, file_sha256, read_documents,
+                                           split_sentences)
+
+# Bump when training settings change in a way the cache key does not capture.
+TOKENIZER_TRAIN_VERSION = 1
+SP_MODEL_FILE, SP_CONFIG_FILE = "tokenizer.model", "tokenizer.json"
+_VOCAB_TOO_HIGH = re.compile(
+    r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the data pipeline and the models need from a tokenizer."""
+
+    kind: str
+    vocab_size: int
+    pad_id: int
+    unk_id: int
+    cls_id: int
+    sep_id: int
+    mask_id: int
+    fingerprint: str  # changes whenever encode() could change (cache keys use it)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ids; [PAD] dropped, other special tokens written out."""
+        ...
+
+    def save(self, directory: str) -> None:
+        """Write the files that ``load_tokenizer(directory)`` reads back."""
+        ...
+
+
+class SentencePieceTokenizer:
+    """A sentencepiece model with [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0..4."""
+
+    kind = "sentencepiece"
+    pad_id, unk_id, cls_id, sep_id, mask_id = PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID
+
+    def __init__(self, model_proto: bytes, *, lowercase: bool = True, info: dict | None = None):
+        self._proto = bytes(model_proto)
+        self.lowercase = lowercase
+        self.info = dict(info or {})
+        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        self.vocab_size = self._sp.get_piece_size()
+        pieces = tuple(self._sp.id_to_piece(i) for i in range(min(5, self.vocab_size)))
+        if pieces != SPECIAL_TOKENS:
+            raise ValueError(
+                f"sentencepiece model has specials {pieces}, expected {SPECIAL_TOKENS}")
+        self.fingerprint = hashlib.sha256(
+            self._proto + orjson.dumps({"lowercase": lowercase})).hexdigest()
+
+    def __getstate__(self) -> dict:  # picklable for multi-process datasets.map
+        return {"model_proto": self._proto, "lowercase": self.lowercase, "info": self.info}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["model_proto"], lowercase=state["lowercase"], info=state["info"])
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
+        return self._sp.encode(list(texts), out_type=int)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # sentencepiece writes control symbols as "", so decode the runs between specials
+        parts, run = [], []
+        for i in (int(i) for i in ids):
+            if i == PAD_ID:
+                continue
+            if i in (CLS_ID, SEP_ID, MASK_ID):
+                parts += [self._sp.decode(run), SPECIAL_TOKENS[i]]
+                run = []
+            else:
+                run.append(i)
+        parts.append(self._sp.decode(run))
+        return " ".join(p for p in parts if p)
+
+    def id_to_piece(self, i: int) -> str:
+        return self._sp.id_to_piece(int(i))
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        Path(directory, SP_MODEL_FILE).write_bytes(self._proto)
+        config = {"kind": self.kind, "lowercase": self.lowercase, "vocab_size": self.vocab_size,
+                  "special_tokens": list(SPECIAL_TOKENS), **self.info}
+        Path(directory, SP_CONFIG_FILE).write_bytes(
+            orjson.dumps(config, option=orjson.OPT_INDENT_2))
+
+    @classmethod
+    def load(cls, directory: str) -> SentencePieceTokenizer:
+        """Read ``tokenizer.model`` and ``tokenizer.json`` (without it, lowercase=False)."""
+        config_path = Path(directory, SP_CONFIG_FILE)
+        config = orjson.loads(config_path.read_bytes()) if config_path.is_file() else {}
+        info = {k: v for k, v in config.items()
+                if k not in ("kind", "lowercase", "vocab_size", "special_tokens")}
+        return cls(Path(directory, SP_MODEL_FILE).read_bytes(),
+                   lowercase=bool(config.get("lowercase", False)), info=info)
+
+
+class WordPieceTokenizer:
+    """BERT WordPiece from a ``vocab.txt`` (as in google/electra-*); needs ``tokenizers``."""
+
+    kind = "wordpiece"
+
+    def __init__(self, vocab_file: str, *, lowercase: bool = True):
+        try:
+            from tokenizers import Tokenizer as HFTokenizer
+            from tokenizers import decoders, models, normalizers, pre_tokenizers
+        except ImportError as e:
+            raise ImportError("WordPieceTokenizer needs the optional 'tokenizers' package: "
+                              "pip install 'electra-fn[wordpiece]'") from e
+        self.vocab_file = str(vocab_file)
+        self.lowercase = lowercase
+        vocab_bytes = Path(vocab_file).read_bytes()
+        vocab = {}
+        for line in vocab_bytes.decode("utf-8").splitlines():
+            token = line.rstrip("\r\n")
+            if token and token not in vocab:
+                vocab[token] = len(vocab)
+        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+        if missing:
+            raise ValueError(f"{vocab_file} lacks special tokens {missing}")
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            vocab[t] for t in SPECIAL_TOKENS)
+        self._tok = HFTokenizer(models.WordPiece(vocab, unk_token="[UNK]",
+                                                 max_input_chars_per_word=100))
+        self._tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
+        self._tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        self._tok.decoder = decoders.WordPiece(prefix="##")
+        self.vocab_size = self._tok.get_vocab_size()
+        self.fingerprint = hashlib.sha256(
+            vocab_bytes + orjson.dumps({"lowercase": lowercase})).hexdigest()
+
+    def __getstate__(self) -> dict:
+        return {"vocab_file": self.vocab_file, "lowercase": self.lowercase}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["vocab_file"], lowercase=state["lowercase"])
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids if int(i) != self.pad_id],
+                                skip_special_tokens=False)
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        target = Path(directory, "vocab.txt")
+        if not (target.exists() and os.path.samefile(target, self.vocab_file)):
+            shutil.copyfile(self.vocab_file, target)
+        Path(directory, "tokenizer_config.json").write_bytes(
+            orjson.dumps({"do_lower_case": self.lowercase}, option=orjson.OPT_INDENT_2))
+
+    @classmethod
+    def load(cls, directory: str) -> WordPieceTokenizer:
+        """Read ``vocab.txt``; ``do_lower_case`` from ``tokenizer_config.json`` (default True)."""
+        config_path = Path(directory, "tokenizer_config.json")
+        config = orjson.loads(config_path.read_bytes()) if config_path.is_file() else {}
+        return cls(str(Path(directory, "vocab.txt")),
+                   lowercase=bool(config.get("do_lower_case", True)))
+
+
+def load_tokenizer(directory: str) -> SentencePieceTokenizer | WordPieceTokenizer:
+    """Our sentencepiece tokenizer if ``tokenizer.model`` is there, else WordPiece ``vocab.txt``."""
+    if Path(directory, SP_MODEL_FILE).is_file():
+        return SentencePieceTokenizer.load(directory)
+    if Path(directory, "vocab.txt").is_file():
+        return WordPieceTokenizer.load(directory)
+    raise FileNotFoundError(f"no tokenizer in {directory}: expected {SP_MODEL_FILE} "
+                            "(sentencepiece) or vocab.txt (WordPiece)")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _sample_sentences(paths: list[str], max_sentences: int, seed: int,
+                      lowercase: bool) -> list[str]:
+    """Up to max_sentences sentences, a uniform reservoir sample that depends only on the seed."""
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = 0
+    for doc in read_documents(paths):
+        for line in doc:
+            for sentence in split_sentences(line):
+                if lowercase:
+                    sentence = sentence.lower()
+                if len(sample) < max_sentences:
+                    sample.append(sentence)
+                else:
+                    j = rng.randrange(seen + 1)
+                    if j < max_sentences:
+                        sample[j] = sentence
+                seen += 1
+    return sample
+
+
+def _train_sentencepiece(sentences: list[str], vocab_size: int, model_type: str, lowercase: bool,
+                         num_threads: int) -> bytes:
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, model_type=model_type,
+        vocab_size=vocab_size,
+        # unigram: a soft limit lets a small corpus end below vocab_size instead of failing
+        hard_vocab_limit=model_type != "unigram",
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=-1, eos_id=-1,
+        pad_piece=SPECIAL_TOKENS[PAD_ID], unk_piece=SPECIAL_TOKENS[UNK_ID],
+        control_symbols=list(SPECIAL_TOKENS[CLS_ID:]),  # ids 2, 3, 4; never produced by encode
+        normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+        character_coverage=0.9995, input_sentence_size=0, num_threads=num_threads,
+        minloglevel=2)
+    return model.getvalue()
+
+
+def train_tokenizer(corpus_paths: str | Sequence[str], vocab_size: int, cache_dir: str, *,
+                    model_type: str = "unigram", lowercase: bool = True,
+                    max_sentences: int = 1_000_000, seed: int = 0,
+                    log: Callable[[str], None] = print) -> SentencePieceTokenizer:
+    """Train (or reuse from ``cache_dir/tokenizer-<hash>/``) a sentencepiece tokenizer.
+
+    The cache key is the corpus content (sha256 of each file) plus every setting. When the
+    corpus cannot support ``vocab_size`` the vocabulary is capped (logged); use the returned
+    ``tokenizer.vocab_size`` for the model config.
+    """
+    if model_type not in ("unigram", "bpe"):
+        raise ValueError(f"model_type={model_type!r}: expected 'unigram' or 'bpe'")
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} specials")
+    paths = expand_corpus_paths(corpus_paths)
+    settings = {"version": TOKENIZER_TRAIN_VERSION,
+                "corpus_sha256": [file_sha256(p) for p in paths],
+                "requested_vocab_size": vocab_size, "model_type": model_type,
+                "lowercase": lowercase, "max_sentences": max_sentences, "seed": seed}
+    digest = hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    final = Path(cache_dir, f"tokenizer-{digest}")
+    if (final / SP_MODEL_FILE).is_file() and (final / SP_CONFIG_FILE).is_file():
+        log(f"reusing cached tokenizer {final}")
+        return SentencePieceTokenizer.load(str(final))
+
+    sentences = _sample_sentences(paths, max_sentences, seed, lowercase)
+    log(f"training sentencepiece {model_type} tokenizer (vocab {vocab_size}) on "
+        f"{len(sentences)} sentences from {len(paths)} file(s)")
+    spm.set_random_generator_seed(seed)
+    threads = min(2, os.cpu_count() or 1)
+    target = vocab_size
+    for _ in range(3):
+        try:
+            proto = _train_sentencepiece(sentences, target, model_type, lowercase, threads)
+            break
+        except RuntimeError as e:  # hard limit (bpe): "Vocabulary size too high (V) ... <= N."
+            match = _VOCAB_TOO_HIGH.search(str(e))
+            if not match:
+                raise
+            target = int(match.group(2))
+    else:
+        raise RuntimeError(f"sentencepiece kept rejecting the vocabulary size (last {target})")
+    tokenizer = SentencePieceTokenizer(proto, lowercase=lowercase, info=settings)
+    if tokenizer.vocab_size < vocab_size:
+        log(f"requested vocab {vocab_size} but corpus supports at most {tokenizer.vocab_size}; "
+            f"using {tokenizer.vocab_size}")
+    for i, token in enumerate(SPECIAL_TOKENS):  # the fixed ids everything else relies on
+        assert tokenizer.id_to_piece(i) == token, (i, tokenizer.id_to_piece(i))
+    assert all(tokenizer._sp.is_control(i) for i in (CLS_ID, SEP_ID, MASK_ID))
+
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=cache_dir, prefix=f".{final.name}.tmp-")
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the cache is ordinary shared data
+    try:
+        tokenizer.save(tmp)
+        os.replace(tmp, final)
+    except OSError:
+        if not (final / SP_MODEL_FILE).is_file():  # a concurrent trainer may have won the race
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"tokenizer with vocab {tokenizer.vocab_size} saved to {final}")
+    return tokenizer

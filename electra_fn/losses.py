@@ -1,0 +1,64 @@
+"""ELECTRA's losses and metrics (run_pretraining.py), plus the GLUE fine-tuning losses.
+
+Everything is computed in float32 whatever the logits' dtype, and returns 0-d tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# run_pretraining.py adds 1e-6 to every denominator so empty batches give 0, not NaN.
+_EPS = 1e-6
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (values * weights).sum() / (weights.sum() + _EPS)
+
+
+def mlm_loss(logits_BxPxV: torch.Tensor, labels_BxP: torch.Tensor,
+             weights_BxP: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generator cross entropy and accuracy averaged over the real prediction slots."""
+    V = logits_BxPxV.shape[-1]
+    logits_NxV = logits_BxPxV.to(torch.float32).reshape(-1, V)
+    labels_N = labels_BxP.reshape(-1).to(torch.long)
+    weights_N = weights_BxP.reshape(-1).to(torch.float32)
+    ce_N = F.cross_entropy(logits_NxV, labels_N, reduction="none")
+    correct_N = (logits_NxV.argmax(-1) == labels_N).to(torch.float32)
+    return _weighted_mean(ce_N, weights_N), _weighted_mean(correct_N, weights_N)
+
+
+def rtd_loss(logits_BxL: torch.Tensor, is_replaced_BxL: torch.Tensor,
+             attention_mask_BxL: torch.Tensor) -> dict:
+    """Discriminator sigmoid cross entropy and accuracies over the non-padding tokens.
+
+    Returns ``loss``, ``accuracy``, ``replaced_accuracy`` (recall on replaced tokens) and
+    ``original_accuracy``; a token is predicted replaced when its logit is > 0.
+    """
+    logits_BxL = logits_BxL.to(torch.float32)
+    labels_BxL = is_replaced_BxL.to(torch.float32)
+    weights_BxL = attention_mask_BxL.to(torch.float32)
+    bce_BxL = F.binary_cross_entropy_with_logits(logits_BxL, labels_BxL, reduction="none")
+    correct_BxL = ((logits_BxL > 0) == (labels_BxL > 0.5)).to(torch.float32)
+    return {
+        "loss": _weighted_mean(bce_BxL, weights_BxL),
+        "accuracy": _weighted_mean(correct_BxL, weights_BxL),
+        "replaced_accuracy": _weighted_mean(correct_BxL, weights_BxL * labels_BxL),
+        "original_accuracy": _weighted_mean(correct_BxL, weights_BxL * (1.0 - labels_BxL)),
+    }
+
+
+def electra_loss(mlm: torch.Tensor, rtd: torch.Tensor, disc_weight: float = 50.0,
+                 gen_weight: float = 1.0) -> torch.Tensor:
+    """gen_weight * MLM + disc_weight * RTD (paper section 3: lambda = 50; original disc_weight)."""
+    return gen_weight * mlm + disc_weight * rtd
+
+
+def classification_loss(logits_BxC: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross entropy of a classification task."""
+    return F.cross_entropy(logits_BxC.to(torch.float32), labels_B.to(torch.long))
+
+
+def regression_loss(pred_B: torch.Tensor, targets_B: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of a regression task (STS-B)."""
+    return F.mse_loss(pred_B.to(torch.float32), targets_B.to(torch.float32))

@@ -1,0 +1,155 @@
+"""Pure AdamW of the original ELECTRA (model/optimization.py), schedules, clipping, layer-wise LR.
+
+The update is written for lists of tensors (out-of-place ``torch._foreach_*`` ops, which
+return new lists) and lifted to pytrees with :mod:`electra_fn.tree`. Scalars that change
+every step (the learning rate) are 0-d tensors so a compiled step never recompiles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from electra_fn.tree import (Tree, tree_flatten, tree_leaves, tree_map, tree_map_with_path,
+                             tree_unflatten)
+
+
+def adamw_init(params: Tree) -> dict:
+    """Zero first and second moments (float32) with the structure of ``params``."""
+    def zeros(p: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(p, dtype=torch.float32)
+    return {"m": tree_map(zeros, params), "v": tree_map(zeros, params)}
+
+
+def _flat_options(options: Tree | None, n: int, default: Any, name: str) -> list:
+    if options is None:
+        return [default] * n
+    leaves = tree_leaves(options)
+    if len(leaves) != n:
+        raise ValueError(f"{name} has {len(leaves)} leaves, params have {n}")
+    return leaves
+
+
+def adamw_update(params: Tree, grads: Tree, state: dict, lr: torch.Tensor, *,
+                 b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
+                 weight_decay: float = 0.01, decay_mask: Tree | None = None,
+                 lr_scale: Tree | None = None) -> tuple[Tree, dict]:
+    """One step of AdamWeightDecayOptimizer: Adam without bias correction, decoupled decay.
+
+    m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;  u = m / (sqrt(v) + eps) [+ wd p];
+    p = p - lr * scale * u. ``decay_mask`` (bools) and ``lr_scale`` (floats) are trees like
+    ``params`` of Python constants, or None for "decay everything" / "scale 1". Every leaf
+    of ``grads`` must be a tensor (the original skips None grads; we never produce them).
+    Moments are float32 (from :func:`adamw_init`); the new params keep each param's dtype.
+    """
+    p_leaves, spec = tree_flatten(params)
+    g_leaves = tree_leaves(grads)
+    m_leaves, v_leaves = tree_leaves(state["m"]), tree_leaves(state["v"])
+    n = len(p_leaves)
+    if not len(g_leaves) == len(m_leaves) == len(v_leaves) == n:
+        raise ValueError(f"params/grads/m/v leaf counts differ: "
+                         f"{n}/{len(g_leaves)}/{len(m_leaves)}/{len(v_leaves)}")
+    decay = _flat_options(decay_mask, n, True, "decay_mask")
+    scale = [float(s) for s in _flat_options(lr_scale, n, 1.0, "lr_scale")]
+
+    # Math in float32, or float64 for float64 params (used by the reference tests).
+    p_math = [p.to(torch.promote_types(p.dtype, torch.float32)) for p in p_leaves]
+    g_leaves = [g.to(p.dtype) for g, p in zip(g_leaves, p_math)]
+    m_new = torch._foreach_add(torch._foreach_mul(m_leaves, b1), g_leaves, alpha=1.0 - b1)
+    v_new = torch._foreach_addcmul(torch._foreach_mul(v_leaves, b2), g_leaves, g_leaves,
+                                   value=1.0 - b2)
+    update = torch._foreach_div(m_new, torch._foreach_add(torch._foreach_sqrt(v_new), eps))
+    # "if self.weight_decay_rate > 0: update += weight_decay_rate * param" (decoupled decay).
+    decayed = [i for i in range(n) if decay[i]] if weight_decay > 0 else []
+    if decayed:
+        with_decay = torch._foreach_add([update[i] for i in decayed],
+                                        [p_math[i] for i in decayed], alpha=weight_decay)
+        update = list(update)
+        for i, u in zip(decayed, with_decay):
+            update[i] = u
+    step = torch._foreach_mul(torch._foreach_mul(update, lr), scale)
+    p_new = [p.to(d.dtype) for p, d in zip(torch._foreach_sub(p_math, step), p_leaves)]
+
+    _, m_spec = tree_flatten(state["m"])
+    _, v_spec = tree_flatten(state["v"])
+    new_state = {"m": tree_unflatten(m_new, m_spec), "v": tree_unflatten(v_new, v_spec)}
+    return tree_unflatten(p_new, spec), new_state
+
+
+def default_decay_mask(params: Tree) -> Tree:
+    """True where weight decay applies: not LayerNorm parameters and not biases.
+
+    The original excludes names matching "LayerNorm", "layer_norm" or "bias"; word, position
+    and token-type embedding tables are decayed.
+    """
+    def decays(path: str, _leaf: Any) -> bool:
+        parts = path.split(".")
+        is_layer_norm = any("layer_norm" in p.lower() or "layernorm" in p.lower() for p in parts)
+        return not (is_layer_norm or parts[-1].endswith("bias"))
+    return tree_map_with_path(decays, params)
+
+
+def global_norm(tree: Tree) -> torch.Tensor:
+    """sqrt of the sum of squares of every element of every leaf (float32, 0-d)."""
+    leaves = [x.to(torch.float32) for x in tree_leaves(tree)]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(leaves)))
+
+
+def clip_by_global_norm(grads: Tree, max_norm: float | torch.Tensor) -> tuple[Tree, torch.Tensor]:
+    """tf.clip_by_global_norm: g * max_norm / max(norm, max_norm); returns (clipped, norm).
+
+    The original clips with max_norm 1.0 (optimization.create_optimizer). A non-finite norm
+    makes every gradient NaN, as in TensorFlow.
+    """
+    leaves, spec = tree_flatten(grads)
+    norm = global_norm(leaves)
+    factor = max_norm / torch.maximum(norm, torch.as_tensor(max_norm, dtype=norm.dtype,
+                                                             device=norm.device))
+    factor = factor + (norm - norm)  # NaN when norm is inf/NaN, as tf.clip_by_global_norm
+    clipped = [(g.to(torch.float32) * factor).to(g.dtype) for g in leaves]
+    return tree_unflatten(clipped, spec), norm
+
+
+def electra_lr(step: torch.Tensor, *, peak_lr: float, total_steps: int, warmup_steps: int,
+               end_lr: float = 0.0, power: float = 1.0) -> torch.Tensor:
+    """Polynomial decay from peak_lr to end_lr over total_steps times min(1, step / warmup).
+
+    As optimization.create_optimizer: tf.train.polynomial_decay(cycle=False) multiplied by the
+    warmup factor, so warmup and decay overlap; warmup_steps=0 means no warmup.
+    """
+    step_f = step.to(torch.float32)
+    # (total - step) / total rather than 1 - step / total: exact near the end in float32.
+    remaining = (float(total_steps) - step_f.clamp(max=float(total_steps))) / float(total_steps)
+    lr = (peak_lr - end_lr) * remaining ** power + end_lr
+    if warmup_steps > 0:
+        lr = lr * (step_f / float(warmup_steps)).clamp(max=1.0)
+    return lr
+
+
+def layerwise_lr_scales(params: Tree, num_layers: int, decay: float,
+                        extra_factor: bool = True) -> Tree:
+    """Per-leaf LR multipliers decay ** (top - depth) for fine-tuning (lower near the input).
+
+    Depth: ``embeddings.*`` and ``encoder.embed_proj.*`` 0, ``encoder.layers.i.*`` i + 1,
+    anything else (the task head) ``top``. The original (optimization._get_layer_lrs) puts
+    "task_specific/" at depth n_layers + 2 and uses decay ** (n_layers + 2 - depth), a
+    factor left from a removed pooler: with 12 layers and 0.8 the head gets 1, the last
+    layer 0.8², the first 0.8¹³, the embeddings 0.8¹⁴. ``extra_factor=False`` drops it
+    (top = n_layers + 1).
+    """
+    top = num_layers + 2 if extra_factor else num_layers + 1
+
+    def scale(path: str, _leaf: Any) -> float:
+        parts = path.split(".")
+        if parts[0] == "embeddings" or parts[:2] == ["encoder", "embed_proj"]:
+            depth = 0
+        elif parts[:2] == ["encoder", "layers"]:
+            layer = int(parts[2])
+            if not 0 <= layer < num_layers:
+                raise ValueError(f"{path}: layer {layer} outside num_layers={num_layers}")
+            depth = layer + 1
+        else:
+            depth = top
+        return float(decay ** (top - depth))
+    return tree_map_with_path(scale, params)

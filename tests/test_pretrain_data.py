@@ -1,0 +1,397 @@
+"""Pre-training data: corpus reading, sentence splitting, the original packing, caching, batching."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from electra_fn.config import CLS_ID, PAD_ID, SEP_ID
+from electra_fn.data.pretrain_data import (PretrainData, batches, build_pretraining_data,
+                                           default_corpus_path, document_rng, encode_pairs,
+                                           expand_corpus_paths, pack_document, read_documents,
+                                           split_sentences, steps_per_epoch)
+
+CORPUS = Path(__file__).parent / "fixtures" / "corpus"
+SPECIAL = {"cls_id": CLS_ID, "sep_id": SEP_ID, "pad_id": PAD_ID}
+
+
+class Log(list):
+    def __call__(self, message: str) -> None:
+        self.append(message)
+
+    def has(self, fragment: str) -> bool:
+        return any(fragment in m for m in self)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def test_expand_files_directories_globs(tmp_path):
+    lighthouse, orchard = str(CORPUS / "lighthouse.txt"), str(CORPUS / "more" / "orchard.txt")
+    assert expand_corpus_paths([lighthouse]) == [lighthouse]
+    assert expand_corpus_paths(str(CORPUS)) == [lighthouse, orchard]
+    assert expand_corpus_paths([str(CORPUS / "**" / "*.txt")]) == [lighthouse, orchard]
+    assert expand_corpus_paths([orchard, str(CORPUS)]) == [orchard, lighthouse]  # no duplicates
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        expand_corpus_paths([str(tmp_path / "missing.txt")])
+    with pytest.raises(FileNotFoundError, match=r"nothing\*"):
+        expand_corpus_paths([str(tmp_path / "nothing*")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        expand_corpus_paths([str(tmp_path / "empty")])
+
+
+def test_read_plain_gzip_xz_give_the_same_documents(tmp_path):
+    text = (CORPUS / "lighthouse.txt").read_bytes()
+    (tmp_path / "c.txt.gz").write_bytes(gzip.compress(text))
+    (tmp_path / "c.txt.xz").write_bytes(lzma.compress(text))
+    plain = list(read_documents([str(CORPUS / "lighthouse.txt")]))
+    assert len(plain) == 3 and [len(d) for d in plain] == [3, 3, 3]
+    assert plain[0][0].startswith("The lighthouse on Gull Point")
+    assert list(read_documents([str(tmp_path / "c.txt.gz")])) == plain
+    assert list(read_documents([str(tmp_path / "c.txt.xz")])) == plain
+
+
+def test_documents_split_on_blank_lines_and_file_ends(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfone\r\ntwo\n\n\n  \nthree\n")
+    (tmp_path / "b.txt").write_text("four\n\nfive\nsix", encoding="utf-8")
+    docs = list(read_documents(expand_corpus_paths([str(tmp_path)])))
+    assert docs == [["one", "two"], ["three"], ["four"], ["five", "six"]]
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    bad = tmp_path / "corpus.txt"
+    bad.write_bytes(b"fine line\n\nanother\nab\xffcd\n")
+    message = r"corpus\.txt line 4: not valid UTF-8 \(byte 0xff at column 3\)"
+    with pytest.raises(ValueError, match=message):
+        list(read_documents([str(bad)]))
+    packed = tmp_path / "corpus.txt.xz"
+    packed.write_bytes(lzma.compress(bad.read_bytes()))
+    with pytest.raises(ValueError, match=r"corpus\.txt\.xz line 4"):
+        list(read_documents([str(packed)]))
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    (tmp_path / "blank.txt").write_text("\n  \n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no text found in .*blank.txt"):
+        list(read_documents([str(tmp_path / "blank.txt")]))
+
+
+def test_default_corpus_asset():
+    path = default_corpus_path()
+    assert path.endswith("wiki_small.txt.xz") and os.path.isfile(path)
+    first = next(read_documents([path]))
+    assert first[0].startswith("Anarchism is a political philosophy")
+    assert (Path(path).parent / "ATTRIBUTION.md").is_file()
+
+
+def test_split_sentences():
+    assert split_sentences("It rained. Then it stopped! Did it? \"Yes,\" he said.") == \
+        ["It rained.", "Then it stopped!", "Did it?", "\"Yes,\" he said."]
+    assert split_sentences('He said "stop." The end. In 1871 it opened. (It was new.) Fine.') == \
+        ['He said "stop."', "The end.", "In 1871 it opened.", "(It was new.)", "Fine."]
+    # no split before lower case, after initials or common abbreviations
+    assert split_sentences("J. R. R. Tolkien met Dr. Smith, e.g. Jones. ok. fine") == \
+        ["J. R. R. Tolkien met Dr. Smith, e.g. Jones. ok. fine"]
+    assert split_sentences("  spaced   words  ") == ["spaced words"]
+    assert split_sentences("") == []
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def _document(sentence_lengths: list[int], doc: int = 0) -> list[list[int]]:
+    """Sentences of consecutive ids, offset by document, so order and origin can be checked."""
+    base, out = 10 + doc * 1_000_000, []
+    for n in sentence_lengths:
+        out.append(list(range(base, base + n)))
+        base += n
+    return out
+
+
+def _check_row(ids: np.ndarray, types: np.ndarray, seq_len: int) -> tuple[list[int], list[int]]:
+    """Assert the layout [CLS] A [SEP] (B [SEP]) [PAD]...; return A and B."""
+    assert ids.shape == types.shape == (seq_len,)
+    n = int((ids != PAD_ID).sum())
+    assert (ids[n:] == PAD_ID).all() and (ids[:n] != PAD_ID).all()  # padding only at the end
+    assert ids[0] == CLS_ID and ids[n - 1] == SEP_ID
+    seps = np.flatnonzero(ids[:n] == SEP_ID)
+    assert len(seps) in (1, 2) and (ids[:n] != CLS_ID).sum() == n - 1
+    first_end = seps[0] + 1
+    assert (types[:first_end] == 0).all() and (types[first_end:n] == 1).all()
+    assert (types[n:] == 0).all()
+    a, b = ids[1:seps[0]].tolist(), ids[first_end:n - 1].tolist()
+    assert len(a) > 0 and (len(seps) == 1) == (len(b) == 0)
+    return a, b
+
+
+sentence_lengths = st.lists(st.integers(0, 60), min_size=1, max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(sentence_lengths, min_size=1, max_size=4), st.integers(5, 96),
+       st.integers(0, 2**31))
+def test_packing_invariants(docs_lengths, seq_len, seed):
+    for doc, lengths in enumerate(docs_lengths):
+        sentences = _document(lengths, doc)
+        pairs = pack_document(sentences, seq_len, document_rng(seed, 0, doc))
+        ids, types = encode_pairs(pairs, seq_len, **SPECIAL)
+        assert ids.dtype == np.int32 and types.dtype == np.int8
+        assert len(pairs) <= sum(1 for n in lengths if n)
+        previous_max = -1
+        for row in range(len(pairs)):
+            a, b = _check_row(ids[row], types[row], seq_len)
+            tokens = a + b
+            # never crossing a document; each segment in order; examples in document order
+            assert all(t // 1_000_000 == doc for t in (x - 10 for x in tokens))
+            assert a == sorted(a) and b == sorted(b) and len(set(tokens)) == len(tokens)
+            assert min(tokens) > previous_max
+            previous_max = max(tokens)
+        if all(n < seq_len // 8 for n in lengths):  # nothing trimmed: every token is kept
+            kept = sorted(t for row in ids for t in row.tolist() if t >= 10)
+            assert kept == [t for s in sentences for t in s]
+
+
+def test_packing_is_deterministic_and_seed_dependent():
+    sentences = _document([7, 3, 12, 40, 5, 9, 22, 1, 17] * 20)
+    run = lambda seed: pack_document(sentences, 64, document_rng(seed, 0, 3))  # noqa: E731
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_single_segment_and_random_length_rates():
+    # many short sentences: B is always possible, so an empty B means the 10% single-segment draw
+    rng_lengths = np.random.default_rng(0)
+    single = short = total = 0
+    for doc in range(40):
+        sentences = _document(rng_lengths.integers(1, 5, size=1500).tolist(), doc)
+        pairs = pack_document(sentences, 64, document_rng(7, 0, doc))[:-1]  # skip the tail flush
+        total += len(pairs)
+        single += sum(1 for _, b in pairs if not b)
+        short += sum(1 for a, b in pairs if len(a) + len(b) + 3 < 60)
+    assert total > 2000
+    assert 0.06 < single / total < 0.14
+    assert 0.02 < short / total < 0.08  # the 5% random target lengths in [5, 64]
+
+
+def test_target_length_and_trimming():
+    # one huge sentence is trimmed to seq_len - 2 and becomes a single segment
+    pairs = pack_document([list(range(10, 500))], 32, document_rng(0, 0, 0))
+    assert len(pairs) == 1 and len(pairs[0][0]) == 30 and pairs[0][1] == []
+    with pytest.raises(ValueError, match="seq_len"):
+        pack_document([[10]], 4, document_rng(0, 0, 0))
+    assert pack_document([[], []], 16, document_rng(0, 0, 0)) == []
+    ids, types = encode_pairs([], 16, **SPECIAL)
+    assert ids.shape == (0, 16) and types.shape == (0, 16)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+class TagTokenizer:
+    """Word-level test tokenizer: 'W<doc>x<pos>' → id 10 + doc·10⁶ + pos (tags the document)."""
+
+    kind = "test"
+    vocab_size = 10**8
+    pad_id, unk_id, cls_id, sep_id, mask_id = 0, 1, 2, 3, 4
+    fingerprint = "tag-tokenizer-v1"
+
+    def encode_batch(self, texts):
+        out = []
+        for text in texts:
+            ids = []
+            for word in text.split():
+                doc, pos = word.strip(".").lstrip("W").split("x")
+                ids.append(10 + int(doc) * 1_000_000 + int(pos))
+            out.append(ids)
+        return out
+
+
+def _write_tagged_corpus(path: Path, n_docs: int, first_doc: int = 0, seed: int = 0) -> None:
+    """Documents of paragraphs of sentences 'W<doc>x<pos> ... .'; blank line between documents."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for doc in range(first_doc, first_doc + n_docs):
+        pos, paragraphs = 0, []
+        for _ in range(rng.integers(1, 6)):
+            sentences = []
+            for _ in range(rng.integers(1, 8)):
+                n = int(rng.integers(1, 25))
+                sentences.append(" ".join(f"W{doc}x{pos + i}" for i in range(n)) + ".")
+                pos += n
+            paragraphs.append(" ".join(sentences))
+        docs.append("\n".join(paragraphs))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+
+
+def _documents_of(ids: np.ndarray) -> set[int]:
+    tokens = ids[ids >= 10]
+    return set(((tokens - 10) // 1_000_000).tolist())
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tagged")
+    _write_tagged_corpus(root / "corpus" / "part0.txt", 30, 0, seed=1)
+    _write_tagged_corpus(root / "corpus" / "part1.txt", 30, 30, seed=2)
+    log = Log()
+    data = build_pretraining_data([str(root / "corpus")], TagTokenizer(), seq_len=48, seed=5,
+                                  cache_dir=str(root / "cache"), valid_fraction=0.1, log=log)
+    return root, data, log
+
+
+def test_pipeline_rows_and_document_boundaries(tagged):
+    _, data, log = tagged
+    assert isinstance(data, PretrainData) and log.has("building pre-training data")
+    assert data.train_ids.dtype == np.int32 and data.train_token_types.dtype == np.int8
+    assert data.train_ids.shape[1] == 48 and data.valid_ids.shape[1] == 48
+    for ids, types in [(data.train_ids, data.train_token_types),
+                       (data.valid_ids, data.valid_token_types)]:
+        for row in range(len(ids)):
+            _check_row(ids[row], types[row], 48)
+            assert len(_documents_of(ids[row])) == 1  # never crosses a document end
+    train_docs, valid_docs = _documents_of(data.train_ids), _documents_of(data.valid_ids)
+    assert not train_docs & valid_docs
+    assert train_docs | valid_docs == set(range(60))
+    assert len(valid_docs) == 6
+    stats = data.stats
+    assert stats["train_documents"] == 54 and stats["valid_documents"] == 6
+    assert stats["train_examples"] == len(data.train_ids)
+    assert stats["train_tokens"] == int((data.train_ids != PAD_ID).sum())
+    assert 0.5 < stats["train_mean_fill"] <= 1.0
+
+
+def test_pipeline_matches_the_pure_packing(tagged):
+    root, data, _ = tagged
+    tok = TagTokenizer()
+    expected_ids = []
+    for doc_index, lines in enumerate(read_documents(expand_corpus_paths([str(root / "corpus")]))):
+        if doc_index in _documents_of(data.valid_ids):
+            continue
+        sentences = tok.encode_batch([s for line in lines for s in split_sentences(line)])
+        pairs = pack_document(sentences, 48, document_rng(5, 0, doc_index))
+        expected_ids.append(encode_pairs(pairs, 48, **SPECIAL)[0])
+    np.testing.assert_array_equal(data.train_ids, np.concatenate(expected_ids))
+
+
+def test_pipeline_cache_is_reused(tagged, tmp_path):
+    root, data, _ = tagged
+    cache = root / "cache"
+    (entry,) = cache.glob("data-*")
+    mtime = (entry / "train_ids.npy").stat().st_mtime_ns
+    shutil.copytree(root / "corpus", tmp_path / "renamed")  # same content, other path
+    log = Log()
+    again = build_pretraining_data([str(tmp_path / "renamed")], TagTokenizer(), seq_len=48, seed=5,
+                                   cache_dir=str(cache), valid_fraction=0.1, log=log)
+    assert log.has("reusing cached pre-training data") and not log.has("building")
+    assert (entry / "train_ids.npy").stat().st_mtime_ns == mtime
+    np.testing.assert_array_equal(again.train_ids, data.train_ids)
+    np.testing.assert_array_equal(again.valid_token_types, data.valid_token_types)
+    assert again.stats == data.stats
+    assert [p.name for p in cache.iterdir()] == [entry.name]  # no datasets work files left
+
+
+def test_pipeline_seed_changes_data_and_num_proc_does_not(tagged, tmp_path):
+    root, data, _ = tagged
+    kwargs = {"seq_len": 48, "valid_fraction": 0.1, "log": Log()}
+    other_seed = build_pretraining_data([str(root / "corpus")], TagTokenizer(), seed=6,
+                                        cache_dir=str(tmp_path / "a"), **kwargs)
+    assert _documents_of(other_seed.valid_ids) != _documents_of(data.valid_ids)
+    two_procs = build_pretraining_data([str(root / "corpus")], TagTokenizer(), seed=5,
+                                       cache_dir=str(tmp_path / "b"), num_proc=2, **kwargs)
+    np.testing.assert_array_equal(two_procs.train_ids, data.train_ids)
+    np.testing.assert_array_equal(two_procs.valid_ids, data.valid_ids)
+
+
+def test_pipeline_with_valid_files(tmp_path):
+    _write_tagged_corpus(tmp_path / "train.txt", 8, 0)
+    _write_tagged_corpus(tmp_path / "valid.txt.gz", 3, 100)
+    raw = (tmp_path / "valid.txt.gz").read_bytes()
+    (tmp_path / "valid.txt.gz").write_bytes(gzip.compress(raw))
+    data = build_pretraining_data([str(tmp_path / "train.txt")], TagTokenizer(), seq_len=32,
+                                  seed=0, cache_dir=str(tmp_path / "cache"),
+                                  valid=[str(tmp_path / "valid.txt.gz")], log=Log())
+    assert _documents_of(data.train_ids) == set(range(8))
+    assert _documents_of(data.valid_ids) == {100, 101, 102}
+    assert data.stats["valid_documents"] == 3
+
+
+def test_pipeline_reports_corpus_errors(tmp_path):
+    (tmp_path / "blank.txt").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no text found in .*blank.txt"):
+        build_pretraining_data([str(tmp_path / "blank.txt")], TagTokenizer(), seq_len=32, seed=0,
+                               cache_dir=str(tmp_path / "cache"), log=Log())
+    (tmp_path / "bad.txt").write_bytes(b"W0x0 W0x1.\n\xfe\n")
+    with pytest.raises(ValueError, match=r"bad\.txt line 2: not valid UTF-8"):
+        build_pretraining_data([str(tmp_path / "bad.txt")], TagTokenizer(), seq_len=32, seed=0,
+                               cache_dir=str(tmp_path / "cache"), log=Log())
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # work files removed
+
+
+def test_pipeline_needs_two_documents_to_hold_one_out(tmp_path):
+    _write_tagged_corpus(tmp_path / "one.txt", 1)
+    with pytest.raises(ValueError, match="hold out"):
+        build_pretraining_data([str(tmp_path / "one.txt")], TagTokenizer(), seq_len=32, seed=0,
+                               cache_dir=str(tmp_path / "cache"), log=Log())
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def _toy_examples(n: int = 23, seq_len: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.zeros((n, seq_len), dtype=np.int32)
+    ids[:, 0] = CLS_ID
+    ids[:, 1] = np.arange(n) + 10
+    ids[:, 2] = SEP_ID
+    return ids, np.zeros_like(ids, dtype=np.int8)
+
+
+def test_batches_cover_each_epoch_once_and_drop_the_remainder():
+    ids, types = _toy_examples()
+    stream = batches(ids, types, batch_size=5, seed=3)
+    assert steps_per_epoch(len(ids), 5) == 4
+    seen = {0: [], 1: []}
+    positions = []
+    for _ in range(8):
+        position, batch = next(stream)
+        positions.append(position)
+        epoch = len(positions[:-1]) // 4
+        assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == (5, 6)
+        assert batch["token_type_ids"].dtype == torch.long
+        assert torch.equal(batch["attention_mask"], (batch["input_ids"] != PAD_ID).long())
+        seen[epoch] += batch["input_ids"][:, 1].tolist()
+    assert positions == [(0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3), (2, 0)]
+    for epoch in (0, 1):
+        assert len(set(seen[epoch])) == 20  # no repeats, 3 dropped
+    assert seen[0] != seen[1]  # a fresh permutation per epoch
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 7), st.integers(0, 25), st.integers(0, 1000))
+def test_batches_resume_exactly(batch_size, stop_after, seed):
+    ids, types = _toy_examples()
+    reference = batches(ids, types, batch_size, seed)
+    expected = [next(reference) for _ in range(stop_after + 5)]
+    position = expected[stop_after - 1][0] if stop_after else (0, 0)
+    resumed = batches(ids, types, batch_size, seed, start=position)
+    for want in expected[stop_after:]:
+        got = next(resumed)
+        assert got[0] == want[0]
+        for key in ("input_ids", "token_type_ids", "attention_mask"):
+            assert torch.equal(got[1][key], want[1][key])
+
+
+def test_batches_need_one_full_batch():
+    ids, types = _toy_examples(n=3)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        next(batches(ids, types, batch_size=4, seed=0))
