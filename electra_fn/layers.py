@@ -45,7 +45,7 @@ def dropout(x: torch.Tensor, rate: float, key: torch.Tensor | None) -> torch.Ten
     """Inverted dropout driven by an explicit key; ``key=None`` means eval (identity)."""
     if key is None or rate == 0.0:
         return x
-    keep = rnglib.uniform(key, tuple(x.shape)) >= rate
+    keep = rnglib.uniform(key, tuple(x.shape), x.device) >= rate
     return torch.where(keep, x / (1.0 - rate), torch.zeros((), dtype=x.dtype, device=x.device))
 
 

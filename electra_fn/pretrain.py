@@ -27,9 +27,9 @@ Batch = dict
 _K_MASK_POS, _K_MASK_KEEP, _K_GEN, _K_GUMBEL, _K_DISC = range(5)
 
 
-def step_key(seed: int, step: int | torch.Tensor, device=None) -> torch.Tensor:
-    """The key of training step ``step`` of a run seeded with ``seed``."""
-    return rnglib.fold_in(rnglib.key(seed, device), step)
+def step_key(seed: int, step: int | torch.Tensor) -> torch.Tensor:
+    """The key of training step ``step`` of a run seeded with ``seed`` (a CPU 0-d tensor)."""
+    return rnglib.fold_in(rnglib.key(seed), step)
 
 
 def init_opt_state(params: Params) -> dict:
@@ -57,8 +57,9 @@ def electra_forward(params: Params, batch: Batch, key: torch.Tensor, cfg: Pretra
     mask_BxL = batch["attention_mask"]
     B, Lx = ids_BxL.shape
     P = cfg.max_predictions
-    noise = {"position_u_BxL": rnglib.uniform(rnglib.fold_in(key, _K_MASK_POS), (B, Lx)),
-             "keep_u_BxP": rnglib.uniform(rnglib.fold_in(key, _K_MASK_KEEP), (B, P))}
+    dev = ids_BxL.device
+    noise = {"position_u_BxL": rnglib.uniform(rnglib.fold_in(key, _K_MASK_POS), (B, Lx), dev),
+             "keep_u_BxP": rnglib.uniform(rnglib.fold_in(key, _K_MASK_KEEP), (B, P), dev)}
     mb = masking.mask_batch(ids_BxL, noise, max_predictions=P, mask_prob=cfg.mask_prob,
                             mask_token_id=MASK_ID, special_ids=(PAD_ID, CLS_ID, SEP_ID, MASK_ID))
     gen_key = rnglib.fold_in(key, _K_GEN) if train else None
@@ -67,7 +68,8 @@ def electra_forward(params: Params, batch: Batch, key: torch.Tensor, cfg: Pretra
                                               key=gen_key)
     mlm, gen_acc = losses.mlm_loss(gen_logits_BxPxV, mb["labels_BxP"], mb["weights_BxP"])
     # Sampling in float32 with no gradient into the generator (pretrain_helpers.sample_from_softmax).
-    gumbel_BxPxV = rnglib.gumbel(rnglib.fold_in(key, _K_GUMBEL), tuple(gen_logits_BxPxV.shape))
+    gumbel_BxPxV = rnglib.gumbel(rnglib.fold_in(key, _K_GUMBEL), tuple(gen_logits_BxPxV.shape),
+                                 dev)
     sampled_BxP = sampling.gumbel_sample(gen_logits_BxPxV, gumbel_BxPxV, cfg.temperature)
     fake = sampling.replace_tokens(mb["masked_ids_BxL"], mb["positions_BxP"], sampled_BxP,
                                    mb["labels_BxP"], mb["weights_BxP"])

@@ -1,15 +1,44 @@
-"""Counter-based, stateless random numbers from an explicit key.
+"""Stateless random numbers from an explicit key.
 
-A key is a 0-d int64 tensor. ``uniform(key, shape)`` hashes (key, element index) with a
-32-bit integer mixer, so the same key gives the same numbers eagerly, under
-``torch.compile``, under ``vmap`` and on any device; nothing reads or advances a global
-generator. ``fold_in`` derives independent keys (per step, per layer, per use), in the spirit
-of JAX's ``random.fold_in``.
+A key is a 0-d int64 tensor (kept on the CPU). ``fold_in`` derives independent keys (per
+step, per layer, per use), in the spirit of JAX's ``random.fold_in``; nothing reads or
+advances a global generator.
+
+Two backends, each a deterministic function of the key:
+
+* counter-based (used while ``torch.compile`` traces, and inside ``counter_based()``): hashes
+  (key, element index) with a 32-bit integer mixer. Inductor fuses it into the consumer, and
+  it gives the same bits on any device and under ``vmap``.
+* native (eager default): ``torch.rand`` with a ``torch.Generator`` seeded from the key. The
+  hash costs ~15 integer passes over every element when run op by op, which made an eager
+  ELECTRA-Small step several times slower on CPU; the native Philox/MT generator does not.
+
+So a key gives the same numbers every time in a given mode, but eager and compiled runs draw
+different streams. Tests that compare the two enter ``counter_based()`` for the eager side.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+_FORCE_COUNTER = [False]
+
+
+@contextlib.contextmanager
+def counter_based():
+    """Use the counter-based backend in eager mode too (bit-identical to compiled runs)."""
+    old = _FORCE_COUNTER[0]
+    _FORCE_COUNTER[0] = True
+    try:
+        yield
+    finally:
+        _FORCE_COUNTER[0] = old
+
+
+def _use_counter() -> bool:
+    return _FORCE_COUNTER[0] or torch.compiler.is_compiling()
 
 _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
@@ -40,22 +69,33 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
     return _mix32((_mix32(k) + (data_t & _M32) * 0x165667B1 + 0x632BE5AB) & _M32)
 
 
-def bits(k: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Uniform 32-bit integers (held in int64) of the given shape."""
+def bits(k: torch.Tensor, shape: tuple[int, ...],
+         device: torch.device | str | None = None) -> torch.Tensor:
+    """Uniform 32-bit integers (held in int64) of the given shape (counter-based)."""
     n = 1
     for s in shape:
         n *= s
     # numel < 2**31, so counter * _GOLDEN < 2**63.
-    counter = torch.arange(n, device=k.device, dtype=torch.int64).reshape(shape)
+    counter = torch.arange(n, device=device or k.device, dtype=torch.int64).reshape(shape)
     x = _mix32((counter * _GOLDEN + k) & _M32)
     return _mix32((x + k * 0x27D4EB2F + 1) & _M32)
 
 
-def uniform(k: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Float32 uniform numbers in (0, 1): 24 random bits, offset by half a step."""
-    return ((bits(k, shape) >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+def uniform(k: torch.Tensor, shape: tuple[int, ...],
+            device: torch.device | str | None = None) -> torch.Tensor:
+    """Float32 uniform numbers in (0, 1) on ``device`` (default: the key's device)."""
+    device = torch.device(device) if device is not None else k.device
+    if _use_counter():
+        # 23 bits: i + 0.5 (i < 2**23) is exact in float32, so u stays in (0, 1); with 24
+        # bits, i = 2**24 - 1 rounded to exactly 1.0 (Gumbel noise +inf).
+        return ((bits(k, shape, device) >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
+    gen = torch.Generator(device=device).manual_seed(int(k))
+    u = torch.rand(shape, generator=gen, device=device, dtype=torch.float32)
+    # torch.rand is in [0, 1); keep the (0, 1) contract of the counter backend.
+    return u.clamp_min(2.0 ** -25)
 
 
-def gumbel(k: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+def gumbel(k: torch.Tensor, shape: tuple[int, ...],
+           device: torch.device | str | None = None) -> torch.Tensor:
     """Float32 standard Gumbel noise, -log(-log(u))."""
-    return -torch.log(-torch.log(uniform(k, shape)))
+    return -torch.log(-torch.log(uniform(k, shape, device)))

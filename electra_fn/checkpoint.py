@@ -1,0 +1,126 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is one file, ``step_00001234.pt``, holding the parameters, the optimizer state,
+the step, the data position and the run's config. It is written to a temporary file in the
+same directory, flushed to disk and renamed over the final name, so a crash mid-save never
+leaves a partial checkpoint and never touches the previous one. The only random state of a
+run is its seed: masking, dropout and sampling noise are functions of (seed, step) and the
+data order of (seed, epoch), so (seed, step, data position) resume a run exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .tree import flat_dict, unflat_dict
+
+FORMAT_VERSION = 1
+# Every file ends with sha256(body) + this tag, so flipped or truncated bytes are detected.
+_FOOTER_TAG = b"ELECTRA1"
+_NAME = re.compile(r"^step_(\d{8,})\.pt$")
+
+
+class CheckpointCorrupt(RuntimeError):
+    """A checkpoint file that cannot be read back (names the file)."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
+def _to_cpu(tree: Any) -> dict:
+    return {k: v.detach().to("cpu").clone() if isinstance(v, torch.Tensor) else v
+            for k, v in flat_dict(tree).items()}
+
+
+def save_checkpoint(directory: str | os.PathLike, *, params: dict, opt_state: dict, step: int,
+                    data_position: tuple[int, int], config: dict, extra: dict | None = None,
+                    keep: int = 2) -> Path:
+    """Atomically write ``directory/step_XXXXXXXX.pt``; keep the newest ``keep`` files."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "step": int(step),
+        "data_position": [int(data_position[0]), int(data_position[1])],
+        "config": config,
+        "params": _to_cpu(params),
+        "opt_state": _to_cpu(opt_state),
+        "extra": extra or {},
+    }
+    final = directory / checkpoint_name(step)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    body = buf.getvalue()
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+            f.write(hashlib.sha256(body).digest() + _FOOTER_TAG)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+    except OSError:
+        pass
+    if keep > 0:
+        for old in list_checkpoints(directory)[:-keep]:
+            old.unlink(missing_ok=True)
+    return final
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint files in ``directory``, oldest first (temporary files ignored)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint back into trees; raises CheckpointCorrupt naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    data = path.read_bytes()
+    body, digest, tag = data[:-40], data[-40:-8], data[-8:]
+    if tag != _FOOTER_TAG:
+        raise CheckpointCorrupt(f"{path}: truncated or not an electra-fn checkpoint "
+                                "(no checksum footer)")
+    if hashlib.sha256(body).digest() != digest:
+        raise CheckpointCorrupt(f"{path}: checksum mismatch (the file is corrupted)")
+    try:
+        payload = torch.load(io.BytesIO(body), map_location=device, weights_only=True)
+    except Exception as e:  # truncated zip, bad magic, unpickling error ...
+        raise CheckpointCorrupt(f"{path}: cannot read checkpoint ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    required = ("format_version", "step", "data_position", "config", "params", "opt_state")
+    if not isinstance(payload, dict) or any(k not in payload for k in required):
+        raise CheckpointCorrupt(f"{path}: not an electra-fn checkpoint (missing fields)")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise CheckpointCorrupt(f"{path}: format_version={payload['format_version']}, "
+                                f"expected {FORMAT_VERSION}")
+    payload["params"] = unflat_dict(payload["params"])
+    payload["opt_state"] = unflat_dict(payload["opt_state"])
+    payload["data_position"] = tuple(payload["data_position"])
+    return payload

@@ -1,0 +1,224 @@
+"""Fine-tune ELECTRA on GLUE tasks over several seeds; write results, a table and submissions.
+
+    python -m experiments.finetune_glue --checkpoint runs/pretrain_small --glue-dir \\
+        /work/shared/data/glue --tasks all --seeds 10 --out runs/glue_small
+
+Per task: ``OUT/<task>.json`` (every seed's dev metrics, median/mean/std, wall time, config),
+``OUT/results.md`` (our median main metric next to ELECTRA-Small-OWT's, with GLUE scores), and
+``OUT/submission/<Task>.tsv`` (test predictions of the best-dev seed, GLUE submission format).
+``--checkpoint DIR`` takes our pre-training output (``DIR/hf/discriminator``), an exported
+``DIR/discriminator``, or a Hugging Face ELECTRA directory. Expected on a full ELECTRA-Small
+checkpoint (1M steps): GLUE score ~80 (see results.md's reference column).
+
+Bad inputs (missing task folder or checkpoint, malformed rows with --strict, a tokenizer that
+does not match the checkpoint) exit with code 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+EXIT_BAD_INPUT = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.finetune_glue",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="pre-training output dir, DIR/discriminator, or a "
+                   "Hugging Face ELECTRA dir (config.json + weights + tokenizer)")
+    p.add_argument("--tokenizer", help="tokenizer dir (tokenizer.model or vocab.txt); "
+                   "default: the checkpoint's")
+    p.add_argument("--glue-dir", required=True, help="folder with CoLA/, SST-2/, ...")
+    p.add_argument("--tasks", default="all", help="comma-separated (sst2,cola,mrpc,stsb,qqp,"
+                   "mnli,qnli,rte,wnli) or 'all' (the paper's eight, no WNLI)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--from-scratch", action="store_true",
+                   help="random init of the checkpoint's (or --preset's) config")
+    p.add_argument("--preset", default=None,
+                   help="model preset for --from-scratch without --checkpoint (default small)")
+    p.add_argument("--out", default="runs/glue", help="output dir (default runs/glue)")
+    p.add_argument("--cache-dir", default=None, help="tokenised GLUE cache (default OUT/cache)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs for every task (default: 3; 10 for RTE and STS-B)")
+    p.add_argument("--max-train-examples", type=int, default=None,
+                   help="train on a fixed random subset of N training examples (before "
+                   "MRPC/STS-B's order doubling; same subset for every seed) to fit a CPU "
+                   "budget. Results are then NOT comparable to published numbers")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-len", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--layer-decay", type=float, default=0.8)
+    p.add_argument("--no-extra-decay-factor", action="store_true",
+                   help="drop the original's extra layer-decay factor (removed pooler)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", default="auto", choices=("auto", "eager", "static", "dynamic"),
+                   help="auto: eager on CPU (faster there once compile time counts), static "
+                   "shapes (padded to multiples of 8) on GPU")
+    p.add_argument("--no-compile", action="store_true", help="same as --compile eager")
+    p.add_argument("--strict", action="store_true", help="fail on malformed rows")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.checkpoint is None and not (args.from_scratch and args.tokenizer):
+        p.error("--checkpoint is required (or --from-scratch with --tokenizer)")
+    if args.seeds < 1:
+        p.error("--seeds must be >= 1")
+    return args
+
+
+def _tasks(arg: str) -> tuple[list[str], bool]:
+    from electra_fn.data.glue import get_task
+    from electra_fn.finetune import PAPER_TASKS
+    if arg.strip().lower() == "all":
+        return list(PAPER_TASKS), True
+    return [get_task(t).name for t in arg.split(",") if t.strip()], False
+
+
+def _progress_bar(desc: str, total_rows: int, disable: bool):
+    from tqdm import tqdm
+    bar = tqdm(total=total_rows, desc=desc, unit="ex", unit_scale=True, dynamic_ncols=True,
+               disable=disable, mininterval=1.0, file=sys.stderr)
+
+    def progress(step: int, total_steps: int, rows: int, metrics: dict) -> None:
+        bar.update(rows)
+        if step % 10 == 0 or step == total_steps:  # .item() syncs: only at log intervals
+            bar.set_postfix(loss=f"{metrics['loss'].item():.4f}", step=f"{step}/{total_steps}",
+                            refresh=False)
+    return bar, progress
+
+
+def _report_skipped(splits) -> None:
+    for s in splits.values():
+        if s.skipped:
+            first = ", ".join(f"line {n} ({why})" for n, why in s.skipped[:3])
+            print(f"warning: {s.path}: skipped {len(s.skipped)} malformed row(s): {first}"
+                  f"{', ...' if len(s.skipped) > 3 else ''}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch  # noqa: F401  (after argparse: --help stays fast)
+
+    from electra_fn import finetune as FT
+    from electra_fn.config import FinetuneConfig
+    from electra_fn.data.glue import (MissingSplitError, get_task, load_task, submission_filename,
+                                      task_dir, write_predictions)
+    from electra_fn.hf import CheckpointError
+
+    bad_input = (FileNotFoundError, NotADirectoryError, CheckpointError, ValueError)
+    # -- inputs, all checked before any training ------------------------------------------
+    try:
+        tasks, all_tasks = _tasks(args.tasks)
+        ft_cfg = FinetuneConfig(learning_rate=args.lr, layer_decay=args.layer_decay,
+                                extra_decay_factor=not args.no_extra_decay_factor,
+                                weight_decay=args.weight_decay, batch_size=args.batch_size,
+                                max_len=args.max_len, epochs=args.epochs,
+                                seed=args.first_seed)
+        present = []
+        for t in tasks:
+            try:
+                task_dir(args.glue_dir, t)
+                present.append(t)
+            except FileNotFoundError as e:
+                if not all_tasks:
+                    raise
+                print(f"{e}: skipped", file=sys.stderr)
+        params, model_cfg, tokenizer, ckpt_info = FT.load_finetune_inputs(
+            args.checkpoint, args.tokenizer, from_scratch=args.from_scratch,
+            preset=args.preset)
+        max_len = FT.max_len_for(model_cfg, ft_cfg)
+    except bad_input as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    mode = (FT.default_compile_mode(args.device) if args.compile == "auto" else args.compile)
+    mode = "eager" if args.no_compile else mode
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    print(f"model {model_cfg.name}: {'random init' if args.from_scratch else ckpt_info['checkpoint']}"
+          f"; tokenizer {ckpt_info['tokenizer']} (vocab {tokenizer.vocab_size}); device "
+          f"{args.device}, {mode}; seeds {seeds}", file=sys.stderr)
+
+    medians, num_seeds, done = {}, {}, []
+    for task in present:
+        spec = get_task(task)
+        try:
+            splits = load_task(args.glue_dir, spec, tokenizer, max_len=max_len,
+                               cache_dir=cache_dir, tokenizer_id=tokenizer.fingerprint,
+                               strict=args.strict)
+        except bad_input as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        _report_skipped(splits)
+        if "train" not in splits:
+            print(f"train split missing for {spec.name}: skipped", file=sys.stderr)
+            continue
+        if not any(s in splits for s in spec.dev_splits):
+            print(f"dev split missing for {spec.name}: skipped", file=sys.stderr)
+            continue
+        full_train = len(splits["train"])
+        splits["train"] = FT.subsample(splits["train"], args.max_train_examples)
+        epochs = ft_cfg.num_epochs(spec.num_epochs)
+        t_task = time.perf_counter()
+        runs = []
+        for seed in seeds:
+            bar, progress = _progress_bar(f"{spec.name} seed {seed}",
+                                          epochs * len(splits["train"]), args.no_progress)
+            with bar:
+                run = FT.run_seed(params, model_cfg, splits, spec, ft_cfg.replace(seed=seed),
+                                  seed, compile_mode=mode, device=args.device,
+                                  progress=progress)
+            main = FT.main_metric(spec.name)
+            print(f"{spec.name} seed {seed}: {main} {100 * run['metrics'][main]:.2f} "
+                  f"({run['wall_s']:.0f} s)", file=sys.stderr)
+            runs.append(run)
+        result = FT.aggregate_results(spec.name, runs)
+        best = FT.best_seed_index([r["metrics"] for r in runs], spec)
+        submission = {}
+        for split, preds in runs[best]["test_predictions"].items():
+            path = write_predictions(out / "submission" / submission_filename(spec, split),
+                                     spec, preds, indices=splits[split].columns["guid"])
+            submission[split] = str(path)
+        n_train = len(splits["train"])
+        result.update(
+            wall_s=time.perf_counter() - t_task,
+            submission={"seed": runs[best]["seed"], "chosen_by": "best dev " + result[
+                "main_metric"], "files": submission},
+            data={"train_examples_used": n_train, "train_examples_total": full_train,
+                  "max_train_examples": args.max_train_examples,
+                  "skipped_rows": {s: {"count": len(v.skipped), "first_lines":
+                                       [n for n, _ in v.skipped[:5]]}
+                                   for s, v in splits.items()}},
+            config={"finetune": ft_cfg.to_dict(), "model": model_cfg.to_dict(), **ckpt_info,
+                    "device": args.device, "compile": mode, "seeds": seeds,
+                    "epochs": epochs, "max_len": max_len},
+            seconds_per_1000_examples_per_epoch=1000 * sum(r["train_s"] for r in runs)
+            / (len(runs) * epochs * n_train))
+        (out / f"{spec.name}.json").write_bytes(
+            orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        medians[spec.name] = result["main_median"]
+        num_seeds[spec.name] = len(runs)
+        done.append(spec.name)
+        print(f"{spec.name}: median {result['main_metric']} {100 * result['main_median']:.2f} "
+              f"over {len(runs)} seed(s); submission from seed {runs[best]['seed']} (best dev)",
+              file=sys.stderr)
+
+    title = "GLUE dev results" + (" (from scratch)" if args.from_scratch else "")
+    if args.max_train_examples is not None:
+        title += f" (train subsample ≤ {args.max_train_examples} examples)"
+    (out / "results.md").write_text(FT.results_markdown(medians, num_seeds, title),
+                                    encoding="utf-8")
+    print(f"wrote {out / 'results.md'} ({len(done)} task(s)); submissions in "
+          f"{out / 'submission'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

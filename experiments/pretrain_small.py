@@ -1,0 +1,520 @@
+"""Pre-train ELECTRA-Small end to end.
+
+    python -m experiments.pretrain_small                  # built-in corpus, ~15 min on a 2-core CPU
+    python -m experiments.pretrain_small --device cuda     # the paper's recipe (1M steps)
+    python -m experiments.pretrain_small --resume          # continue the run in --out
+
+Without arguments on a CPU the run is budgeted to about 15 minutes of wall time: the number of
+steps is measured and fitted to ``--time-budget`` and the learning-rate schedule is scaled to
+it. On a GPU the defaults are the paper's (batch 128, sequence 128, 1M steps, bf16 autocast,
+compiled step). Writes into ``--out``: ``config.json``, ``metrics.jsonl``, ``eval.jsonl``,
+``checkpoints/``, ``tokenizer/``, ``hf/{discriminator,generator}`` (Hugging Face layout),
+``summary.json`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import torch
+
+from electra_fn import checkpoint as ckpt
+from electra_fn import hf, model, pretrain
+from electra_fn.config import ModelConfig, PretrainConfig
+from electra_fn.data import pretrain_data as pdata
+from electra_fn.data import tokenizer as toklib
+from electra_fn.tree import tree_count, tree_map
+
+EXIT_BAD_INPUT = 2
+CPU_DEFAULT_BUDGET_S = 15 * 60
+CPU_DEFAULT_BATCH = 32
+EVAL_BATCHES = 8
+
+
+class UserError(Exception):
+    """Bad input: reported as one clear line and exit code 2."""
+
+
+# -- arguments ----------------------------------------------------------------------------
+def parse_duration(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"--time-budget {text!r}: use e.g. 900, 900s, 15m, 2h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.pretrain_small",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=None, help="model preset (default: small)")
+    p.add_argument("--corpus", nargs="+", default=None,
+                   help="files, directories or globs (.txt/.gz/.xz); default: built-in corpus")
+    p.add_argument("--valid", nargs="+", default=None,
+                   help="held-out corpus; default: 5%% of the corpus documents")
+    p.add_argument("--steps", type=int, default=None, help="total optimizer steps")
+    p.add_argument("--time-budget", type=parse_duration, default=None,
+                   help="wall-time budget for the whole command (e.g. 15m); the step count and "
+                        "schedule are fitted to it (default on CPU: 15m)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="warmup steps (default: 10000 for the full recipe, 1%% of the steps "
+                        "(at least 10) for shorter runs)")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="tokenizer vocabulary (default: the preset's, capped by the corpus)")
+    p.add_argument("--out", default="runs/pretrain_small")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue from the newest checkpoint in --out (or a given file)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow starting a new run in an --out that already has checkpoints")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=["auto", "float32", "bf16"], default="auto",
+                   help="auto = bf16 autocast on CUDA, float32 elsewhere")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="torch.compile the train step (default on CUDA)")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--log-every", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--save-every", type=parse_duration, default=parse_duration("10m"),
+                   help="checkpoint interval in wall time (default 10m)")
+    p.add_argument("--max-bad-steps", type=int, default=20,
+                   help="stop after this many consecutive non-finite steps")
+    p.add_argument("--cache-dir", default=os.environ.get("ELECTRA_FN_CACHE",
+                                                         str(Path.home() / ".cache/electra_fn")))
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--stop-at-step", type=int, default=None,
+                   help="save a checkpoint and exit after this step, as if interrupted")
+    return p
+
+
+# -- helpers ------------------------------------------------------------------------------
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, obj) -> None:
+    with open(path, "ab") as f:
+        f.write(orjson.dumps(obj) + b"\n")
+
+
+def fmt_time(s: float) -> str:
+    s = max(0, int(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def evaluate(eval_step, params, valid_batches, seed: int, device) -> dict:
+    """Token-weighted held-out metrics over fixed batches with fixed noise (comparable over time)."""
+    sums: dict[str, float] = {}
+    weights = {"gen_loss": "masked_tokens", "gen_accuracy": "masked_tokens"}
+    totals: dict[str, float] = {}
+    for i, batch in enumerate(valid_batches):
+        m = eval_step(params, to_device(batch, device), pretrain.step_key(seed + 1_000_003, i))
+        m = {k: float(v) for k, v in m.items()}
+        m["replaced_tokens"] = m["replaced_fraction"] * m["tokens"]
+        for k, v in m.items():
+            if k in ("masked_tokens", "tokens", "replaced_tokens"):
+                continue
+            if k == "disc_replaced_accuracy":
+                w = m["replaced_tokens"]
+            elif k == "disc_original_accuracy":
+                w = m["tokens"] - m["replaced_tokens"]
+            else:
+                w = m[weights.get(k, "tokens")]
+            sums[k] = sums.get(k, 0.0) + v * w
+            totals[k] = totals.get(k, 0.0) + w
+    out = {k: sums[k] / max(totals[k], 1e-9) for k in sums}
+    out["loss"] = out["gen_loss"] + 50.0 * out["disc_loss"]
+    return out
+
+
+def make_valid_batches(data: pdata.PretrainData, batch_size: int) -> list[dict]:
+    ids, types = data.valid_ids, data.valid_token_types
+    n = min(len(ids), EVAL_BATCHES * batch_size)
+    out = []
+    for start in range(0, n, batch_size):
+        rows = slice(start, min(start + batch_size, n))
+        x = torch.from_numpy(ids[rows].astype("int64"))
+        out.append({"input_ids": x, "token_type_ids": torch.from_numpy(types[rows].astype("int64")),
+                    "attention_mask": (x != 0).long()})
+    return out
+
+
+def plot_curves(out: Path, rows: list[dict], evals: list[dict]) -> Path | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    steps = [r["step"] for r in rows]
+    axes[0].plot(steps, [r["gen_loss"] for r in rows], label="generator MLM loss")
+    axes[0].plot(steps, [r["disc_loss"] * 50 for r in rows], label="50 × discriminator loss")
+    axes[0].set_xlabel("step"), axes[0].set_title("training loss"), axes[0].legend()
+    axes[1].plot(steps, [r["gen_accuracy"] for r in rows], label="generator accuracy")
+    axes[1].plot(steps, [r["disc_replaced_accuracy"] for r in rows], label="disc. on replaced")
+    axes[1].plot(steps, [r["disc_original_accuracy"] for r in rows], label="disc. on original")
+    axes[1].set_xlabel("step"), axes[1].set_title("training accuracy"), axes[1].legend()
+    if evals:
+        es = [e["step"] for e in evals]
+        for k, lab in (("gen_accuracy", "generator accuracy"),
+                       ("disc_replaced_accuracy", "disc. on replaced"),
+                       ("disc_original_accuracy", "disc. on original"),
+                       ("disc_accuracy", "disc. overall")):
+            axes[2].plot(es, [e[k] for e in evals], marker="o", label=lab)
+        axes[2].set_xlabel("step"), axes[2].set_title("held-out accuracy"), axes[2].legend()
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# -- the run ------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (UserError, FileNotFoundError, ValueError, ckpt.CheckpointCorrupt,
+            hf.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def run(args: argparse.Namespace) -> int:
+    t_start = time.time()
+    device = resolve_device(args.device)
+    on_gpu = device.type == "cuda"
+    amp = torch.bfloat16 if (args.dtype == "bf16" or (args.dtype == "auto" and on_gpu)) else None
+    use_compile = on_gpu if args.compile is None else args.compile
+    out = Path(args.out)
+    ckpt_dir = out / "checkpoints"
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+
+    resume_from = None
+    if args.resume:
+        resume_from = (ckpt.latest_checkpoint(ckpt_dir) if args.resume == "latest"
+                       else Path(args.resume))
+        if resume_from is None:
+            raise UserError(f"--resume: no checkpoint found in {ckpt_dir}")
+    elif ckpt.list_checkpoints(ckpt_dir) and not args.overwrite:
+        raise UserError(f"{out} already holds checkpoints; pass --resume to continue that run "
+                        "or --overwrite to start a new one there (or choose another --out)")
+    out.mkdir(parents=True, exist_ok=True)
+
+    # --- tokenizer and data --------------------------------------------------------------
+    corpus = args.corpus or [pdata.default_corpus_path()]
+    state = None
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from)
+        saved = state["config"]
+        try:
+            cfg = PretrainConfig.from_dict(saved["pretrain"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{resume_from}: config does not describe a pre-training run ({e})")
+        for flag, field in (("preset", None), ("seq_len", "seq_len"),
+                            ("batch_size", "batch_size"), ("steps", "total_steps"),
+                            ("seed", "seed")):
+            given = getattr(args, flag)
+            if given is None:
+                continue
+            have = saved["run"]["preset"] if field is None else getattr(cfg, field)
+            if given != have:
+                raise UserError(f"{resume_from}: --{flag.replace('_', '-')} {given} does not "
+                                f"match the checkpoint's {field or 'preset'}={have}")
+        corpus = saved["run"]["corpus"]
+        tokenizer = toklib.load_tokenizer(str(out / "tokenizer"))
+        if tokenizer.vocab_size != cfg.model.vocab_size:
+            raise UserError(f"{out / 'tokenizer'}: vocabulary {tokenizer.vocab_size} does not "
+                            f"match the checkpoint {resume_from} (vocab_size="
+                            f"{cfg.model.vocab_size})")
+        valid_spec = saved["run"]["valid"]
+    else:
+        preset = args.preset or "small"
+        try:
+            base = ModelConfig.from_name(preset)
+        except ValueError as e:
+            raise UserError(f"--preset: {e}")
+        log(f"tokenizer: training/reusing a sentencepiece vocabulary on {len(corpus)} file(s)")
+        tokenizer = toklib.train_tokenizer(corpus, args.vocab_size or base.vocab_size,
+                                           str(Path(args.cache_dir)), log=log)
+        tokenizer.save(str(out / "tokenizer"))
+        valid_spec = args.valid
+        cfg = None
+    seq_len = cfg.seq_len if cfg else (args.seq_len or 128)
+    seed = cfg.seed if cfg else (args.seed if args.seed is not None else 0)
+    data = pdata.build_pretraining_data(corpus, tokenizer, seq_len=seq_len, seed=seed,
+                                        cache_dir=str(Path(args.cache_dir)), valid=valid_spec,
+                                        valid_fraction=0.05, log=log)
+    st = data.stats
+    log(f"data: {st['train_examples']} train / {st['valid_examples']} held-out examples of "
+        f"{seq_len} tokens ({st['train_documents']} / {st['valid_documents']} documents)")
+    if st["valid_examples"] == 0:
+        raise UserError("the held-out split is empty; pass --valid or a larger corpus")
+
+    # --- config and step budget ----------------------------------------------------------
+    if cfg is None:
+        mcfg = base.replace(vocab_size=tokenizer.vocab_size)
+        batch = args.batch_size or (128 if on_gpu else CPU_DEFAULT_BATCH)
+        budget = args.time_budget
+        if budget is None and args.steps is None and not on_gpu:
+            budget = CPU_DEFAULT_BUDGET_S
+        provisional = PretrainConfig(model=mcfg, seq_len=seq_len, batch_size=batch,
+                                     total_steps=args.steps or 1_000_000, seed=seed,
+                                     learning_rate=args.lr or 5e-4, warmup_steps=0)
+        total = provisional.total_steps
+        if budget is not None:
+            total = fit_steps_to_budget(provisional, data, device, amp, use_compile, budget,
+                                        time.time() - t_start, log)
+            if args.steps:
+                total = min(total, args.steps)
+        warmup = args.warmup if args.warmup is not None else (
+            10_000 if total >= 1_000_000 else max(10, total // 100))
+        cfg = provisional.replace(total_steps=total, warmup_steps=min(warmup, total))
+        run_info = {"preset": preset, "corpus": [str(c) for c in corpus], "valid": valid_spec,
+                    "device": str(device), "amp": str(amp), "compile": use_compile,
+                    "time_budget_s": budget, "torch": str(torch.__version__)}
+        write_json(out / "config.json", {"pretrain": cfg.to_dict(), "run": run_info,
+                                          "data": st})
+        for f in ("metrics.jsonl", "eval.jsonl"):
+            (out / f).unlink(missing_ok=True)
+    else:
+        run_info = state["config"]["run"]
+    log(f"model: {cfg.model.name} (generator ×{cfg.model.generator_multiplier:g}), vocab "
+        f"{cfg.model.vocab_size}; batch {cfg.batch_size} × seq {cfg.seq_len}; "
+        f"{cfg.total_steps} steps, warmup {cfg.warmup_steps}, peak lr {cfg.learning_rate:g}; "
+        f"device {device}, {'bf16 autocast' if amp else 'float32'}, "
+        f"{'compiled' if use_compile else 'eager'}")
+    return train(cfg, run_info, data, tokenizer, out, device, amp, use_compile, state, args,
+                 t_start, log)
+
+
+def fit_steps_to_budget(cfg: PretrainConfig, data, device, amp, use_compile: bool,
+                        budget_s: float, spent_s: float, log) -> int:
+    """Time a few real steps on a scratch copy and fit the step count to the time left."""
+    params = tree_map(lambda x: x.to(device), model.init_params(cfg.model, cfg.seed))
+    opt = pretrain.init_opt_state(params)
+    step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type)
+    if use_compile:
+        step_fn = torch.compile(step_fn, fullgraph=True)
+    it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed)
+    times = []
+    for i in range(3):
+        _, b = next(it)
+        t = time.time()
+        params, opt, m = step_fn(params, opt, to_device(b, device), pretrain.step_key(0, i))
+        float(m["loss"])  # sync
+        times.append(time.time() - t)
+    step_s = min(times[1:])
+    evals_s = 2 * EVAL_BATCHES * step_s / 3 + 4 * EVAL_BATCHES * step_s / 3  # first+final eval
+    reserve = 25.0 + evals_s + (times[0] - step_s if use_compile else 0.0)
+    left = budget_s - spent_s - sum(times) - reserve
+    total = max(1, int(left / step_s))
+    log(f"budget: {fmt_time(budget_s)} in all; {fmt_time(spent_s + sum(times))} spent on setup "
+        f"and timing; {step_s:.2f} s/step measured → {total} steps "
+        f"({total * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens) fit in the time left")
+    return total
+
+
+def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, device, amp,
+          use_compile: bool, state: dict | None, args, t_start: float, log) -> int:
+    from tqdm import tqdm
+
+    if state is None:
+        params = model.init_params(cfg.model, cfg.seed)
+        opt = pretrain.init_opt_state(params)
+        step, position = 0, (0, 0)
+    else:
+        params, opt = state["params"], state["opt_state"]
+        step, position = state["step"], state["data_position"]
+        ref = model.init_params(cfg.model, 0)
+        _check_same_structure(ref, params, "params", args.resume)
+        log(f"resuming at step {step} (data epoch {position[0]}, batch {position[1]})")
+        for name in ("metrics.jsonl", "eval.jsonl"):  # drop rows logged after the checkpoint
+            path = out / name
+            if path.exists():
+                keep = [x for x in path.read_bytes().splitlines()
+                        if x.strip() and orjson.loads(x)["step"] <= step]
+                tmp = path.with_name(name + ".tmp")
+                tmp.write_bytes(b"".join(x + b"\n" for x in keep))
+                os.replace(tmp, path)
+    params = tree_map(lambda x: x.to(device), params)
+    opt = tree_map(lambda x: x.to(device), opt)
+    n_params = tree_count(params)
+    log(f"parameters: {n_params / 1e6:.2f}M (generator + discriminator + shared embeddings)")
+
+    step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type)
+    if use_compile:
+        step_fn = torch.compile(step_fn, fullgraph=True)
+    eval_fn = pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type)
+    valid_batches = make_valid_batches(data, cfg.batch_size)
+    metrics_path, eval_path = out / "metrics.jsonl", out / "eval.jsonl"
+    config_blob = {"pretrain": cfg.to_dict(), "run": run_info}
+
+    def save(reason: str) -> Path:
+        path = ckpt.save_checkpoint(ckpt_dir, params=params, opt_state=opt, step=step,
+                                    data_position=position, config=config_blob)
+        log(f"checkpoint ({reason}): {path}")
+        return path
+
+    ckpt_dir = out / "checkpoints"
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    if step == 0:
+        e = evaluate(eval_fn, params, valid_batches, cfg.seed, device)
+        append_jsonl(eval_path, {"step": 0, **e})
+        log(f"held-out at step 0: gen acc {e['gen_accuracy']:.3f}, disc acc "
+            f"{e['disc_accuracy']:.3f} (replaced {e['disc_replaced_accuracy']:.3f}, original "
+            f"{e['disc_original_accuracy']:.3f})")
+    log_every = args.log_every or max(1, min(50, cfg.total_steps // 100 or 1))
+    eval_every = args.eval_every or max(1, cfg.total_steps // 4)
+    it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed,
+                       start=position)
+    bar = tqdm(total=cfg.total_steps, initial=step, desc="pre-training", unit="step",
+               dynamic_ncols=True, mininterval=1.0, file=sys.stdout)
+    consecutive_bad = torch.zeros((), device=device)
+    window_t, window_steps, window_tokens = time.time(), 0, 0.0
+    acc: dict[str, torch.Tensor] = {}
+    last_save = time.time()
+    exit_code = 0
+    try:
+        while step < cfg.total_steps:
+            position, batch = next(it)
+            batch = to_device(batch, device)
+            params, opt, m = step_fn(params, opt, batch, pretrain.step_key(cfg.seed, step))
+            step += 1
+            window_steps += 1
+            consecutive_bad = (consecutive_bad + m["skipped"]) * m["skipped"]
+            for k, v in m.items():
+                acc[k] = acc[k] + v if k in acc else v
+            if step % log_every == 0 or step == cfg.total_steps:
+                row = {k: float(v) / window_steps for k, v in acc.items()}  # host sync here
+                now = time.time()
+                tokens = row.pop("tokens") * window_steps
+                row["skipped"] = row["skipped"] * window_steps
+                rate = tokens / max(now - window_t, 1e-9)
+                eta = (cfg.total_steps - step) * (now - window_t) / window_steps
+                row.update(step=step, tokens_per_s=rate, elapsed_s=now - t_start, eta_s=eta)
+                append_jsonl(metrics_path, row)
+                bar.set_postfix_str(
+                    f"loss {row['loss']:.2f} gen {row['gen_accuracy']:.3f} disc+ "
+                    f"{row['disc_replaced_accuracy']:.3f} disc- {row['disc_original_accuracy']:.3f}"
+                    f" {rate:,.0f} tok/s", refresh=False)
+                if row["skipped"]:
+                    log(f"step {step}: {int(row['skipped'])} update(s) skipped (non-finite loss "
+                        "or gradient)")
+                if float(consecutive_bad) >= args.max_bad_steps:
+                    bar.close()
+                    log(f"error: {int(consecutive_bad)} consecutive non-finite steps at step "
+                        f"{step}; stopping. The last good checkpoint is intact in {ckpt_dir}; "
+                        "try a lower --lr or float32")
+                    return 3
+                acc, window_t, window_steps = {}, now, 0
+            bar.update(1)
+            if step % eval_every == 0 and step < cfg.total_steps:
+                e = evaluate(eval_fn, params, valid_batches, cfg.seed, device)
+                append_jsonl(eval_path, {"step": step, **e})
+                bar.write(f"held-out at step {step}: gen acc {e['gen_accuracy']:.3f}, disc acc "
+                          f"{e['disc_accuracy']:.3f}")
+            if time.time() - last_save >= args.save_every:
+                save("periodic")
+                last_save = time.time()
+            if args.stop_at_step is not None and step >= args.stop_at_step:
+                bar.close()
+                save("--stop-at-step")
+                log(f"stopped at step {step} (--stop-at-step); continue with --resume")
+                return 0
+            if stop["signal"] is not None:
+                bar.close()
+                save(f"signal {signal.Signals(stop['signal']).name}")
+                log(f"stopped by {signal.Signals(stop['signal']).name} at step {step}; continue "
+                    f"with: python -m experiments.pretrain_small --out {out} --resume")
+                exit_code = 128 + stop["signal"]
+                return exit_code
+        bar.close()
+        save("final")
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+    final = evaluate(eval_fn, params, valid_batches, cfg.seed, device)
+    append_jsonl(eval_path, {"step": step, **final})
+    evals = [orjson.loads(x) for x in eval_path.read_bytes().splitlines() if x.strip()]
+    first = evals[0]
+    tok_files = {}
+    tok_dir = out / "tokenizer"
+    for f in tok_dir.iterdir():
+        if f.is_file():
+            tok_files[f.name] = f.read_bytes()
+    cpu_params = tree_map(lambda x: x.detach().to("cpu"), params)
+    written = hf.save_hf(cpu_params, cfg.model, out / "hf", extra_files=tok_files)
+    wall = time.time() - t_start
+    summary = {"steps": step, "wall_time_s": wall, "device": str(device),
+               "tokens_seen": step * cfg.batch_size * cfg.seq_len,
+               "held_out_first": first, "held_out_final": final,
+               "hf_export": {k: str(v) for k, v in written.items()}}
+    write_json(out / "summary.json", summary)
+    rows = [orjson.loads(x) for x in metrics_path.read_bytes().splitlines() if x.strip()]
+    plot = None if args.no_plot else plot_curves(out, rows, evals)
+    log("")
+    log(f"done: {step} steps in {fmt_time(wall)} on {device}")
+    log(f"{'held-out':<28}{'step ' + str(first['step']):>12}{'step ' + str(step):>12}")
+    for k, lab in (("gen_accuracy", "generator MLM accuracy"),
+                   ("disc_accuracy", "discriminator accuracy"),
+                   ("disc_replaced_accuracy", "  on replaced tokens"),
+                   ("disc_original_accuracy", "  on original tokens"),
+                   ("gen_loss", "generator loss"), ("disc_loss", "discriminator loss")):
+        log(f"{lab:<28}{first[k]:>12.4f}{final[k]:>12.4f}")
+    log(f"Hugging Face export: {out / 'hf'}; metrics: {metrics_path}"
+        + (f"; plot: {plot}" if plot else ""))
+    return exit_code
+
+
+def _check_same_structure(ref, got, what: str, source) -> None:
+    from electra_fn.tree import flat_dict
+
+    a, b = flat_dict(ref), flat_dict(got)
+    for name in a:
+        if name not in b:
+            raise UserError(f"{source}: {what} tensor {name!r} missing")
+        if tuple(a[name].shape) != tuple(b[name].shape):
+            raise UserError(f"{source}: {what} tensor {name!r} has shape {tuple(b[name].shape)},"
+                            f" the config needs {tuple(a[name].shape)}")
+    extra = sorted(set(b) - set(a))
+    if extra:
+        raise UserError(f"{source}: unexpected {what} tensor(s) {extra[:3]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
