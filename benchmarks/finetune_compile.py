@@ -26,6 +26,8 @@ def _one_mode(args) -> dict:
     from electra_fn import finetune as FT
     from electra_fn.config import FinetuneConfig, ModelConfig
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = ModelConfig.from_name(args.preset, vocab_size=args.vocab)
     ft_cfg = FinetuneConfig()
     step = FT.compile_fn(FT.make_finetune_step(cfg, ft_cfg, 2, False, 1000), args.mode)
@@ -47,7 +49,7 @@ def _one_mode(args) -> dict:
         t0 = time.perf_counter()
         params, state, m = step(params, state, b, FT.finetune_key(0, 0))
         m["loss"].item()
-        first[width] = time.perf_counter() - t0
+        first[str(width)] = time.perf_counter() - t0
         times = []
         for i in range(args.steps):
             t0 = time.perf_counter()
@@ -55,7 +57,7 @@ def _one_mode(args) -> dict:
             m["loss"].item()
             times.append(time.perf_counter() - t0)
         times.sort()
-        steady[width] = times[len(times) // 2]  # median: the CPU is shared
+        steady[str(width)] = times[len(times) // 2]  # median: the CPU is shared
     return {"mode": args.mode, "first_call_s": first, "median_step_s": steady,
             "threads": torch.get_num_threads()}
 
@@ -68,6 +70,7 @@ def main() -> None:
     p.add_argument("--widths", default="64,48")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--modes", default="eager,dynamic,static")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--cold", action="store_true", help="empty inductor cache per mode")
     p.add_argument("--out", default=None)
     p.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # child process
@@ -83,7 +86,8 @@ def main() -> None:
             env["TORCHINDUCTOR_CACHE_DIR"] = tmp
         cmd = [sys.executable, "-m", "benchmarks.finetune_compile", "--mode", mode,
                "--preset", args.preset, "--vocab", str(args.vocab), "--batch-size",
-               str(args.batch_size), "--widths", args.widths, "--steps", str(args.steps)]
+               str(args.batch_size), "--widths", args.widths, "--steps", str(args.steps),
+               "--threads", str(args.threads)]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if res.returncode != 0:
             print(res.stderr[-3000:], file=sys.stderr)
@@ -93,7 +97,8 @@ def main() -> None:
         rows.append(row)
         firsts = " ".join(f"L{w}:{s:.1f}s" for w, s in row["first_call_s"].items())
         steps = " ".join(f"L{w}:{1000 * s:.0f}ms" for w, s in row["median_step_s"].items())
-        print(f"{mode:8s} first call {firsts} | median step {steps}", flush=True)
+        print(f"{mode:8s} threads {row['threads']} first call {firsts} | median step {steps}",
+              flush=True)
     if args.out:
         with open(args.out, "wb") as f:
             f.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2))

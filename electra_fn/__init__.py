@@ -1,6 +1,8 @@
 """electra-fn: ELECTRA pre-training and fine-tuning as pure functions over pytrees."""
 
-from .config import ModelConfig, PretrainConfig, PRESETS
+from .config import FinetuneConfig, ModelConfig, PretrainConfig, PRESETS
+from .finetune import (evaluate, finetune_key, init_finetune, init_finetune_state,
+                       make_finetune_step, make_predict)
 from .hf import load_hf, save_hf
 from .model import (classifier_logits, discriminator_hidden, discriminator_logits,
                     finetune_params, generator_hidden, generator_logits, init_classifier,
@@ -14,4 +16,6 @@ __all__ = [
     "finetune_params", "generator_hidden", "generator_logits", "discriminator_hidden",
     "discriminator_logits", "classifier_logits", "load_hf", "save_hf", "make_train_step",
     "make_eval_step", "init_opt_state", "step_key", "tree_count",
+    "FinetuneConfig", "init_finetune", "init_finetune_state", "finetune_key",
+    "make_finetune_step", "make_predict", "evaluate",
 ]

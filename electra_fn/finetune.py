@@ -6,14 +6,16 @@ MSE on ``logits[:, 0]`` for STS-B), global-norm clipping, and the original's Ada
 layer-wise learning-rate decay (optimization._get_layer_lrs) under its polynomial schedule with
 linear warmup. The learning rate comes from ``opt_state["step"]`` (a 0-d tensor) and dropout from
 ``key`` (a 0-d int64 tensor, :func:`finetune_key`), so the step compiles once per batch shape
-and eager and compiled runs agree. ``run_seed`` / ``summarize_seeds`` / ``results_markdown``
-are what ``experiments/finetune_glue.py`` is made of.
+(eager and compiled runs agree inside ``rng.counter_based()``; otherwise they draw different
+dropout streams, see :mod:`electra_fn.rng`). ``run_seed`` / ``summarize_seeds`` /
+``results_markdown`` are what ``experiments/finetune_glue.py`` is made of.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from dataclasses import dataclass, replace as dc_replace
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -65,9 +67,9 @@ def init_finetune_state(ft_params: Params) -> dict:
     return init_opt_state(ft_params)
 
 
-def finetune_key(seed: int, step: int | torch.Tensor, device=None) -> torch.Tensor:
-    """Dropout key of fine-tuning step ``step`` of seed ``seed``."""
-    return rnglib.fold_in(rnglib.key(seed, device), step)
+def finetune_key(seed: int, step: int | torch.Tensor) -> torch.Tensor:
+    """Dropout key of fine-tuning step ``step`` of seed ``seed`` (a CPU 0-d int64 tensor)."""
+    return rnglib.fold_in(rnglib.key(seed), step)
 
 
 def num_warmup_steps(total_steps: int, warmup_fraction: float) -> int:
@@ -161,9 +163,26 @@ def compile_fn(fn: Callable, mode: CompileMode, backend: str = "inductor") -> Ca
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode {mode!r}: expected one of {COMPILE_MODES}")
     if mode == "static":
+        # One graph per (batch size, width): up to 2 * max_len / 8 per task, more over tasks.
         import torch._dynamo.config as dynamo_config
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 512)
+        dynamo_config.accumulated_recompile_limit = max(
+            dynamo_config.accumulated_recompile_limit, 4096)
     return torch.compile(fn, fullgraph=True, dynamic=(mode == "dynamic"), backend=backend)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_labels: int,
+                is_regression: bool, total_steps: int, mode: CompileMode) -> Callable:
+    """The (compiled) step for these static arguments, built once: every seed of a task
+    reuses its graphs instead of recompiling for a new closure."""
+    return compile_fn(make_finetune_step(model_cfg, ft_cfg.replace(seed=0), num_labels,
+                                         is_regression, total_steps), mode)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_predict(model_cfg: ModelConfig, mode: CompileMode) -> Callable:
+    return compile_fn(make_predict(model_cfg), mode)
 
 
 def default_compile_mode(device: str | torch.device) -> CompileMode:
@@ -249,10 +268,10 @@ def train(ft_params: Params, train_split: EncodedSplit, model_cfg: ModelConfig,
     total = epochs * per_epoch
     if total == 0:
         raise ValueError(f"{spec.name}: empty training split {train_split.path}")
-    step_fn = compile_fn(make_finetune_step(model_cfg, ft_cfg, spec.num_labels,
-                                            spec.is_regression, total), compile_mode)
+    step_fn = cached_step(model_cfg, ft_cfg, spec.num_labels, spec.is_regression, total,
+                          compile_mode)
     opt_state = init_finetune_state(ft_params)
-    base_key = rnglib.key(seed, device)
+    base_key = rnglib.key(seed)  # keys stay on the CPU (electra_fn.rng)
     losses_seen: list[torch.Tensor] = []
     step = 0
     for epoch in range(epochs):
@@ -266,7 +285,7 @@ def train(ft_params: Params, train_split: EncodedSplit, model_cfg: ModelConfig,
             if progress is not None:
                 progress(step, total, int(batch["input_ids"].shape[0]), metrics)
     losses_np = torch.stack(losses_seen).to("cpu").numpy()
-    k = max(1, min(per_epoch, 20))
+    k = max(1, min(total // 4, 20))  # mean over the first / last quarter (at most 20 steps)
     info = {"total_steps": total, "epochs": epochs, "train_examples": len(train_split),
             "first_loss": float(losses_np[:k].mean()), "last_loss": float(losses_np[-k:].mean())}
     return ft_params, info
@@ -288,7 +307,7 @@ def run_seed(pretrained: Params | None, model_cfg: ModelConfig, splits: dict[str
     ft_params, info = train(ft_params, splits["train"], model_cfg, ft_cfg, spec, seed=seed,
                             compile_mode=compile_mode, device=device, progress=progress)
     train_s = time.perf_counter() - t0
-    predict = compile_fn(make_predict(model_cfg), compile_mode)
+    predict = cached_predict(model_cfg, compile_mode)
     kw = dict(is_regression=spec.is_regression, batch_size=eval_batch_size,
               pad_to_multiple_of=pad_multiple_for(compile_mode), device=device)
     metrics: dict[str, float] = {}
@@ -442,8 +461,8 @@ __all__ = [
     "FinetuneInputError", "PUBLISHED_SMALL_OWT", "PAPER_TASKS", "COMPILE_MODES",
     "init_finetune", "init_finetune_state", "finetune_key", "num_warmup_steps",
     "finetune_lr_scales", "task_loss", "make_finetune_step", "make_predict", "compile_fn",
-    "default_compile_mode", "pad_multiple_for", "steps_per_epoch", "subsample",
-    "predict_split", "evaluate", "train", "run_seed", "summarize_seeds", "best_seed_index",
-    "results_markdown", "resolve_checkpoint", "tokenizer_file", "load_finetune_inputs",
-    "max_len_for", "aggregate_results",
+    "cached_step", "cached_predict", "default_compile_mode", "pad_multiple_for",
+    "steps_per_epoch", "subsample", "predict_split", "evaluate", "train", "run_seed",
+    "summarize_seeds", "best_seed_index", "results_markdown", "resolve_checkpoint",
+    "tokenizer_file", "load_finetune_inputs", "max_len_for", "aggregate_results",
 ]

@@ -52,6 +52,8 @@ def _encoder_to_hf(enc: Params, prefix: str) -> dict[str, torch.Tensor]:
 
 def to_hf_state_dict(params: Params, part: str) -> dict[str, torch.Tensor]:
     """Our tree -> the ``state_dict`` of ``ElectraForPreTraining`` / ``ElectraForMaskedLM``."""
+    if part not in (DISCRIMINATOR, GENERATOR):
+        raise ValueError(f"part={part!r}: expected 'discriminator' or 'generator'")
     emb = params["embeddings"]
     sd = {
         "electra.embeddings.word_embeddings.weight": emb["word"],
@@ -310,7 +312,21 @@ def load_hf(path: str | os.PathLike, generator: str | os.PathLike | None = None,
             raise CheckpointError(f"{gdir / 'config.json'}: num_hidden_layers="
                                   f"{g_fields['num_layers']} differs from the discriminator's "
                                   f"{fields['num_layers']} (ELECTRA keeps the depth)")
-        fields["generator_multiplier"] = g_fields["hidden_size"] / fields["hidden_size"]
+        # The exported multiplier first: rounding makes the size ratio differ from it (hidden
+        # 18 at 1/4 gives 4, and 4/18 predicts FFN 9 where 1/4 gave 10).
+        got = (g_fields["hidden_size"], g_fields["num_heads"], g_fields["intermediate_size"])
+        candidates = [m for m in (extra.get("generator_multiplier"),
+                                  hf_g.get("electra_fn", {}).get("generator_multiplier"))
+                      if m is not None] + [g_fields["hidden_size"] / fields["hidden_size"]]
+        fields["generator_multiplier"] = candidates[-1]
+        for m in candidates:
+            try:
+                g = ModelConfig(**(fields | {"generator_multiplier": m})).generator
+            except ValueError:
+                continue
+            if (g.hidden_size, g.num_heads, g.intermediate_size) == got:
+                fields["generator_multiplier"] = m
+                break
     elif "generator_multiplier" in extra:
         fields["generator_multiplier"] = extra["generator_multiplier"]
     try:

@@ -110,7 +110,6 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
     """
     if grad_route not in ("func", "autograd"):
         raise ValueError(f"grad_route={grad_route!r}: expected 'func' or 'autograd'")
-    decay_mask_cache: dict = {}
 
     def loss_fn(params, batch, key):
         with _autocast(amp_dtype, device_type):
@@ -127,8 +126,10 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
         return tree_unflatten(list(g), spec), (loss.detach(), metrics)
 
     def train_step(params: Params, opt_state: dict, batch: Batch, key: torch.Tensor):
-        if "mask" not in decay_mask_cache:
-            decay_mask_cache["mask"] = optim.default_decay_mask(params)
+        # Recomputed per call (a pure function of the tree's paths; traced away when compiled):
+        # caching it in a closure dict made the compiled step guard on the dict and recompile
+        # on its second call.
+        decay_mask = optim.default_decay_mask(params)
         grads, (loss, metrics) = grads_of(params, batch, key)
         grads, gnorm = optim.clip_by_global_norm(grads, cfg.clip_norm)
         step = opt_state["step"]
@@ -137,7 +138,7 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
         new_params, new_adam = optim.adamw_update(
             params, grads, opt_state["adam"], lr, b1=cfg.adam_b1, b2=cfg.adam_b2,
             eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
-            decay_mask=decay_mask_cache["mask"])
+            decay_mask=decay_mask)
         finite = torch.isfinite(loss) & torch.isfinite(gnorm)
         new_params = _where_tree(finite, new_params, params)
         new_adam = _where_tree(finite, new_adam, opt_state["adam"])

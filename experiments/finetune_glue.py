@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="drop the original's extra layer-decay factor (removed pooler)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's). On a CPU shared with other "
+                   "jobs, 1 can be several times faster than oversubscribed threads")
     p.add_argument("--compile", default="auto", choices=("auto", "eager", "static", "dynamic"),
                    help="auto: eager on CPU (faster there once compile time counts), static "
                    "shapes (padded to multiples of 8) on GPU")
@@ -103,12 +106,15 @@ def _report_skipped(splits) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch  # noqa: F401  (after argparse: --help stays fast)
+    import torch  # after argparse: --help stays fast
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from electra_fn import finetune as FT
     from electra_fn.config import FinetuneConfig
-    from electra_fn.data.glue import (MissingSplitError, get_task, load_task, submission_filename,
-                                      task_dir, write_predictions)
+    from electra_fn.data.glue import (get_task, load_task, submission_filename, task_dir,
+                                      write_predictions)
     from electra_fn.hf import CheckpointError
 
     bad_input = (FileNotFoundError, NotADirectoryError, CheckpointError, ValueError)
@@ -142,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    print(f"model {model_cfg.name}: {'random init' if args.from_scratch else ckpt_info['checkpoint']}"
-          f"; tokenizer {ckpt_info['tokenizer']} (vocab {tokenizer.vocab_size}); device "
+    init = "random init" if args.from_scratch else ckpt_info["checkpoint"]
+    print(f"model {model_cfg.name}: {init}; tokenizer {ckpt_info['tokenizer']} (vocab {tokenizer.vocab_size}); device "
           f"{args.device}, {mode}; seeds {seeds}", file=sys.stderr)
 
     medians, num_seeds, done = {}, {}, []

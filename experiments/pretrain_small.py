@@ -35,7 +35,7 @@ from electra_fn.tree import tree_count, tree_map
 
 EXIT_BAD_INPUT = 2
 CPU_DEFAULT_BUDGET_S = 15 * 60
-CPU_DEFAULT_BATCH = 32
+CPU_DEFAULT_BATCH = 16
 EVAL_BATCHES = 8
 
 
@@ -304,6 +304,10 @@ def run(args: argparse.Namespace) -> int:
                                           "data": st})
         for f in ("metrics.jsonl", "eval.jsonl"):
             (out / f).unlink(missing_ok=True)
+        # --overwrite: drop the old run's checkpoints, or keep-2 pruning (by step) would delete
+        # this run's lower-step ones and --resume would pick up the old run.
+        for old in ckpt.list_checkpoints(ckpt_dir):
+            old.unlink()
     else:
         run_info = state["config"]["run"]
     log(f"model: {cfg.model.name} (generator ×{cfg.model.generator_multiplier:g}), vocab "

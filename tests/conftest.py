@@ -19,8 +19,13 @@ _SDPA_VMAP_WARNING = (r"ignore:There is a performance drop because we have not y
                       r"the batching rule:UserWarning")
 
 
+# Raised from inside torch.compile's own machinery, not from our code.
+_JIT_DEPRECATION = r"ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", _SDPA_VMAP_WARNING)
+    config.addinivalue_line("filterwarnings", _JIT_DEPRECATION)
 
 
 def random_model_config(seed: int, embedding: str = "any", **overrides) -> ModelConfig:
@@ -29,10 +34,12 @@ def random_model_config(seed: int, embedding: str = "any", **overrides) -> Model
     ``embedding`` picks the embedding size: ``"disc"`` (= discriminator hidden, no
     discriminator projection), ``"gen"`` (= generator hidden, no generator projection),
     ``"other"`` (differs from both, both networks project) or ``"any"``.
+    Widths are at least 4: LayerNorm over 1-2 features is degenerate (its output is +-1 and
+    its input gradient is rounding noise), which would make gradient comparisons meaningless.
     """
     r = random.Random(seed)
     num_heads = r.choice([1, 2, 4])
-    hidden = num_heads * r.choice([2, 4, 8])
+    hidden = num_heads * r.choice([4, 6, 8])
     multipliers = [0.25, 1 / 3, 0.5, 1.0]
     r.shuffle(multipliers)
     base = dict(vocab_size=r.randint(12, 60), num_layers=r.randint(1, 2), num_heads=num_heads,
@@ -47,7 +54,8 @@ def random_model_config(seed: int, embedding: str = "any", **overrides) -> Model
             cfg = ModelConfig(generator_multiplier=m, **base)
         except ValueError:
             continue
-        break
+        if cfg.generator.hidden_size >= 4:
+            break
     assert cfg is not None
     g_hidden = cfg.generator.hidden_size
     if embedding == "any":
@@ -57,7 +65,7 @@ def random_model_config(seed: int, embedding: str = "any", **overrides) -> Model
     elif embedding == "gen":
         emb = g_hidden
     elif embedding == "other":
-        emb = r.choice([e for e in (3, 5, 6, 10, 12, 20) if e not in (hidden, g_hidden)])
+        emb = r.choice([e for e in (5, 6, 10, 12, 20) if e not in (hidden, g_hidden)])
     else:
         raise ValueError(f"embedding={embedding!r}")
     return cfg.replace(embedding_size=emb, **overrides)
@@ -68,10 +76,12 @@ def random_batch(cfg: ModelConfig, batch: int, seq_len: int, seed: int, pad: boo
     """``(input_ids, token_type_ids, attention_mask)``, each [batch, seq_len].
 
     Row lengths are random in [1, seq_len] (the first row is full) when ``pad``; padding
-    positions hold ``pad_token_id``; token types are 0 then 1 after a random split.
+    positions, and only they, hold ``pad_token_id``; token types are 0 then 1 after a random
+    split.
     """
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, cfg.vocab_size, (batch, seq_len), generator=g)
+    ids = torch.randint(0, cfg.vocab_size - 1, (batch, seq_len), generator=g)
+    ids = ids + (ids >= cfg.pad_token_id).long()  # skip the pad id
     lengths = torch.full((batch,), seq_len)
     if pad:
         lengths = torch.randint(1, seq_len + 1, (batch,), generator=g)

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch._inductor.config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -172,7 +173,8 @@ def test_eager_equals_compiled():
     for seed in (0, 99, 2**35 + 1):  # a new key value is a new input, not a recompile
         with rng.counter_based():  # the eager side uses the compiled backend
             eager = draws(rng.key(seed))
-        compiled_draws = compiled(rng.key(seed))
+        with torch._inductor.config.patch(realize_opcount_threshold=8):  # see test_model
+            compiled_draws = compiled(rng.key(seed))
         # Integer hashing and the float conversion are exact: bit-identical.
         assert torch.equal(eager[0], compiled_draws[0])
         assert torch.equal(eager[1], compiled_draws[1])

@@ -1,0 +1,781 @@
+#!/usr/bin/env python
+"""Throughput of complete ELECTRA pre-training steps: electra_fn against Hugging Face.
+
+A step is everything a training loop does per batch: masking, generator forward, Gumbel
+sampling, discriminator forward, the combined loss, backward, global-norm clipping and the
+AdamW update. Both implementations run in the same process on the same batch, dtype, weights
+and noise derivation, alternating round-robin (the order rotates every round) so that a noisy
+or shared machine slows them alike; each figure is the median over rounds.
+
+    python benchmarks/throughput.py                                   # CPU, Small, batch 32
+    python benchmarks/throughput.py --device cuda --dtype bf16 --batch-size 128
+    python benchmarks/throughput.py --variants ours-func-eager,hf-eager --profile
+
+Variants (``--variants``, comma separated, or ``all``):
+
+* ``ours-{func,autograd}-{eager,compile,max-autotune,reduce-overhead}``: electra_fn's
+  ``make_train_step(grad_route=...)``, eager or ``torch.compile`` d in that mode
+  (``reduce-overhead`` = CUDA graphs). The whole step is compiled with ``fullgraph=True``; if
+  that fails (the autograd route calls ``torch.autograd.grad``), the failure is reported as its
+  own row and the step is compiled again with graph breaks allowed, which compiles the
+  forward/loss and the update as separate graphs.
+* ``hf-{eager,compile,max-autotune,reduce-overhead}``: ``ElectraForMaskedLM`` (generator) +
+  ``ElectraForPreTraining`` (discriminator) sharing one embedding module, our ``mask_batch``
+  on the same noise, Gumbel-max sampling, MLM cross entropy at the masked positions of the
+  full-sequence logits + 50 x BCE over non-padding tokens, ``clip_grad_norm_`` and
+  ``torch.optim.AdamW`` (fused where available, else foreach). Compiled variants compile the
+  forward + loss function; backward runs the compiled backward graph, the optimizer is eager.
+
+FLOPs: :mod:`electra_fn.flops` (matmuls only, 2·m·n·k, backward 2x forward). tokens/s,
+TFLOP/s and MFU of every row use electra_fn's *useful* count (vocabulary logits at the masked
+slots only), for Hugging Face too, so the rows compare like with like; Hugging Face's executed
+count (logits at every position) is in the JSON as ``executed_flops_per_step``. The count is
+checked against ``torch.utils.flop_counter.FlopCounterMode`` on one eager step of each
+implementation. MFU is against a peak measured in the same run: a large bf16 (or float32)
+matmul on GPU, a float32 matmul on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import orjson
+import torch
+import torch.nn.functional as F
+
+from electra_fn import flops as flopslib
+from electra_fn import masking, sampling
+from electra_fn import rng as rnglib
+from electra_fn.config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, ModelConfig, PretrainConfig
+from electra_fn.hf import to_hf_state_dict
+from electra_fn.model import init_params
+from electra_fn.pretrain import (_K_GUMBEL, _K_MASK_KEEP, _K_MASK_POS, init_opt_state,
+                                 make_train_step, step_key)
+from electra_fn.tree import tree_map
+
+SPECIAL_IDS = (PAD_ID, CLS_ID, SEP_ID, MASK_ID)
+COMPILE_MODES = ("compile", "max-autotune", "reduce-overhead")
+MODES = ("eager",) + COMPILE_MODES
+ALL_VARIANTS = tuple(f"ours-{route}-{mode}" for route in ("func", "autograd") for mode in MODES
+                     ) + tuple(f"hf-{mode}" for mode in MODES)
+CPU_DEFAULT = ("ours-func-eager", "ours-autograd-eager", "ours-func-compile",
+               "ours-autograd-compile", "hf-eager", "hf-compile")
+CUDA_DEFAULT = CPU_DEFAULT + ("ours-func-max-autotune", "ours-func-reduce-overhead")
+# Dense bf16 / TF32 tensor-core peaks from the datasheets (SXM parts), for "mfu_nominal".
+NOMINAL_PEAKS = {"H100": {"bf16": 989e12, "tf32": 494e12}, "H200": {"bf16": 989e12,
+                 "tf32": 494e12}, "A100": {"bf16": 312e12, "tf32": 156e12}}
+DTYPES = {"float32": None, "fp32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+# -- data and noise -----------------------------------------------------------------------
+def synthetic_batch(cfg: PretrainConfig, device: torch.device, seed: int = 0) -> dict:
+    """A batch shaped like the pre-training pipeline's: [CLS] A [SEP] B [SEP], types 0/1.
+
+    Every 20th row (at least one) is shorter and padded, like the 5% of examples the original
+    data pipeline gives a random target length.
+    """
+    B, L, V = cfg.batch_size, cfg.seq_len, cfg.model.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(len(SPECIAL_IDS) + 1, V, (B, L), generator=g)
+    lengths = torch.full((B,), L)
+    n_short = max(1, B // 20)
+    lengths[-n_short:] = torch.randint(5, L, (n_short,), generator=g)
+    split = (lengths // 2).clamp(min=2)
+    pos = torch.arange(L)[None, :]
+    mask = pos < lengths[:, None]
+    ids[:, 0] = CLS_ID
+    ids = torch.where(pos == split[:, None], SEP_ID, ids)
+    ids = torch.where(pos == (lengths[:, None] - 1), SEP_ID, ids)
+    ids = torch.where(mask, ids, PAD_ID)
+    types = ((pos > split[:, None]) & mask).long()
+    return {"input_ids": ids.to(device), "token_type_ids": types.to(device),
+            "attention_mask": mask.long().to(device)}
+
+
+def step_noise(key: torch.Tensor, cfg: PretrainConfig, batch_size: int, seq_len: int,
+               device: torch.device) -> dict:
+    """The masking and Gumbel noise that ``electra_forward`` derives from ``key`` (same tags)."""
+    P, V = cfg.max_predictions, cfg.model.vocab_size
+    return {
+        "position_u_BxL": rnglib.uniform(rnglib.fold_in(key, _K_MASK_POS), (batch_size, seq_len),
+                                         device),
+        "keep_u_BxP": rnglib.uniform(rnglib.fold_in(key, _K_MASK_KEEP), (batch_size, P), device),
+        "gumbel_BxPxV": rnglib.gumbel(rnglib.fold_in(key, _K_GUMBEL), (batch_size, P, V), device),
+    }
+
+
+def _autocast(amp_dtype: torch.dtype | None, device: torch.device):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- the Hugging Face peer ----------------------------------------------------------------
+def hf_configs(mcfg: ModelConfig, dropout: bool = True):
+    """``ElectraConfig`` s of the generator and the discriminator of ``mcfg``."""
+    from transformers import ElectraConfig
+
+    common = dict(vocab_size=mcfg.vocab_size, embedding_size=mcfg.embedding_size,
+                  max_position_embeddings=mcfg.max_position_embeddings,
+                  type_vocab_size=mcfg.type_vocab_size, layer_norm_eps=mcfg.layer_norm_eps,
+                  initializer_range=mcfg.initializer_range, pad_token_id=mcfg.pad_token_id,
+                  hidden_act="gelu",
+                  hidden_dropout_prob=mcfg.hidden_dropout if dropout else 0.0,
+                  attention_probs_dropout_prob=mcfg.attention_dropout if dropout else 0.0)
+
+    def one(enc):
+        return ElectraConfig(hidden_size=enc.hidden_size, num_hidden_layers=enc.num_layers,
+                             num_attention_heads=enc.num_heads,
+                             intermediate_size=enc.intermediate_size, **common)
+    return one(mcfg.generator), one(mcfg.discriminator)
+
+
+class HFPeer:
+    """ELECTRA pre-training written the way a ``transformers`` user writes it.
+
+    ``ElectraForMaskedLM`` (small generator) and ``ElectraForPreTraining`` share the embedding
+    module (``generator.electra.embeddings = discriminator.electra.embeddings``, with the LM
+    head re-tied to the shared word embeddings). ``params`` (electra_fn's tree) are loaded
+    through :func:`electra_fn.hf.to_hf_state_dict`, so both implementations start equal.
+    ``mode`` is ``eager`` or a compile mode; ``dropout=False`` sets both dropouts to 0.
+    """
+
+    def __init__(self, cfg: PretrainConfig, params: dict, device: torch.device,
+                 amp_dtype: torch.dtype | None = None, mode: str = "eager",
+                 dropout: bool = True):
+        from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+        self.cfg, self.device, self.amp_dtype, self.mode = cfg, device, amp_dtype, mode
+        gen_cfg, disc_cfg = hf_configs(cfg.model, dropout)
+        self.generator = ElectraForMaskedLM(gen_cfg)
+        self.discriminator = ElectraForPreTraining(disc_cfg)
+        self.generator.load_state_dict(to_hf_state_dict(params, "generator"))
+        self.discriminator.load_state_dict(to_hf_state_dict(params, "discriminator"))
+        self.generator.to(device).train()
+        self.discriminator.to(device).train()
+        # Share the embeddings (word, position, token type, LayerNorm) as ELECTRA does.
+        shared = self.discriminator.electra.embeddings
+        self.generator.electra.embeddings = shared
+        self.generator.generator_lm_head.weight = shared.word_embeddings.weight
+        self.attn_implementation = getattr(disc_cfg, "_attn_implementation", None)
+
+        named = list(self.generator.named_parameters()) + list(
+            self.discriminator.named_parameters())
+        seen: set[int] = set()
+        decay, no_decay = [], []
+        for name, p in named:
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if "LayerNorm" in name or name.endswith("bias") else decay).append(p)
+        self.params = decay + no_decay
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        kw = dict(lr=cfg.learning_rate, betas=(cfg.adam_b1, cfg.adam_b2), eps=cfg.adam_eps)
+        try:
+            self.optimizer = torch.optim.AdamW(groups, fused=True, **kw)
+            self.optimizer_impl = "fused"
+        except (RuntimeError, ValueError):
+            self.optimizer = torch.optim.AdamW(groups, foreach=True, **kw)
+            self.optimizer_impl = "foreach"
+        total, warmup = cfg.total_steps, cfg.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: max(0.0, 1.0 - s / total) * (
+                min(1.0, s / warmup) if warmup > 0 else 1.0))
+        self.loss_fn = self.forward_loss
+        if mode != "eager":
+            self.loss_fn = torch.compile(self.forward_loss,
+                                         mode=None if mode == "compile" else mode)
+        self.cudagraphs = mode == "reduce-overhead"
+
+    def forward_loss(self, batch: dict, noise: dict) -> tuple[torch.Tensor, dict]:
+        """Mask, generator (logits at every position), sample, discriminator, combined loss."""
+        cfg = self.cfg
+        ids_BxL, types_BxL = batch["input_ids"], batch["token_type_ids"]
+        mask_BxL = batch["attention_mask"]
+        mb = masking.mask_batch(ids_BxL, noise, max_predictions=cfg.max_predictions,
+                                mask_prob=cfg.mask_prob, mask_token_id=MASK_ID,
+                                special_ids=SPECIAL_IDS)
+        with _autocast(self.amp_dtype, self.device):
+            gen_logits_BxLxV = self.generator(input_ids=mb["masked_ids_BxL"],
+                                              attention_mask=mask_BxL,
+                                              token_type_ids=types_BxL).logits
+        V = gen_logits_BxLxV.shape[-1]
+        idx_BxPxV = mb["positions_BxP"][..., None].expand(-1, -1, V)
+        logits_BxPxV = gen_logits_BxLxV.gather(1, idx_BxPxV).float()
+        weights_BxP = mb["weights_BxP"]
+        ce_BxP = F.cross_entropy(logits_BxPxV.reshape(-1, V), mb["labels_BxP"].reshape(-1),
+                                 reduction="none").view_as(weights_BxP)
+        mlm = (ce_BxP * weights_BxP).sum() / weights_BxP.sum().clamp(min=1.0)
+        sampled_BxP = (logits_BxPxV.detach() / cfg.temperature + noise["gumbel_BxPxV"]).argmax(-1)
+        fake = sampling.replace_tokens(mb["masked_ids_BxL"], mb["positions_BxP"], sampled_BxP,
+                                       mb["labels_BxP"], weights_BxP)
+        with _autocast(self.amp_dtype, self.device):
+            disc_logits_BxL = self.discriminator(input_ids=fake["disc_ids_BxL"],
+                                                 attention_mask=mask_BxL,
+                                                 token_type_ids=types_BxL).logits
+        real_BxL = mask_BxL.float()
+        bce_BxL = F.binary_cross_entropy_with_logits(
+            disc_logits_BxL.float(), fake["is_replaced_BxL"].float(), reduction="none")
+        rtd = (bce_BxL * real_BxL).sum() / real_BxL.sum().clamp(min=1.0)
+        loss = mlm + cfg.disc_weight * rtd
+        return loss, {"loss": loss.detach(), "gen_loss": mlm.detach(), "disc_loss": rtd.detach()}
+
+    def step(self, batch: dict, key: torch.Tensor) -> dict:
+        """One training step; the noise is drawn eagerly from ``key`` like electra_fn's."""
+        B, L = batch["input_ids"].shape
+        noise = step_noise(key, self.cfg, B, L, self.device)
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, metrics = self.loss_fn(batch, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm, foreach=True)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return metrics
+
+
+# -- electra_fn ---------------------------------------------------------------------------
+class OursRunner:
+    """electra_fn's pure ``train_step`` carrying (params, opt_state) from step to step."""
+
+    def __init__(self, cfg: PretrainConfig, params: dict, device: torch.device,
+                 amp_dtype: torch.dtype | None, route: str, mode: str, fullgraph: bool = True):
+        self.route, self.mode, self.fullgraph = route, mode, fullgraph
+        step = make_train_step(cfg, amp_dtype=amp_dtype, device_type=device.type,
+                               grad_route=route)
+        if mode != "eager":
+            step = torch.compile(step, fullgraph=fullgraph,
+                                 mode=None if mode == "compile" else mode)
+        self._step = step
+        self.params = tree_map(lambda t: t.to(device), params)
+        self.opt_state = init_opt_state(self.params)
+        self.cudagraphs = mode == "reduce-overhead"
+
+    def step(self, batch: dict, key: torch.Tensor) -> dict:
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, batch, key)
+        return metrics
+
+
+def parse_variant(name: str) -> tuple[str, str | None, str]:
+    """``ours-func-compile`` -> ("ours", "func", "compile"); ``hf-eager`` -> ("hf", None, ...)."""
+    if name not in ALL_VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(ALL_VARIANTS)}")
+    impl, rest = name.split("-", 1)
+    if impl == "ours":
+        route, mode = rest.split("-", 1)
+        return impl, route, mode
+    return impl, None, rest
+
+
+# -- FLOPs --------------------------------------------------------------------------------
+def _sdpa_fwd(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+    return sdpa_flop_count(query, key, value)
+
+
+def _sdpa_bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def counted_flops(fn) -> tuple[int, dict[str, int]]:
+    """FlopCounterMode's total and per-op counts for ``fn()`` (CPU flash attention included,
+    which torch's registry lacks)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    custom = {}
+    for name, f in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_fwd),
+                    ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_bwd)):
+        if hasattr(aten, name):
+            custom[getattr(aten, name)] = f
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        fn()
+    per_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return int(counter.get_total_flops()), per_op
+
+
+def _uses_fused_attention(per_op: dict[str, int]) -> bool:
+    return any("scaled_dot_product" in op or "attention" in op for op in per_op)
+
+
+def flop_check(cfg: PretrainConfig, params: dict, device: torch.device,
+               amp_dtype: torch.dtype | None, batch_size: int) -> dict:
+    """One eager step of each implementation at ``batch_size`` under FlopCounterMode, against
+    the analytic count (FLOPs are linear in the batch, so a small batch checks the model)."""
+    small = cfg.replace(batch_size=batch_size)
+    batch = synthetic_batch(small, device, seed=1)
+    key = step_key(0, 0)
+    out = {"batch_size": batch_size}
+    ours = OursRunner(small, params, device, amp_dtype, "func", "eager")
+    total, per_op = counted_flops(lambda: ours.step(batch, key))
+    fused = _uses_fused_attention(per_op)
+    analytic = flopslib.electra_step_flops(small, attention_recompute=fused)["total"]
+    out["ours"] = {"counted": total, "analytic": analytic, "by_op": per_op,
+                   "fused_attention": fused, "rel_err": abs(total - analytic) / analytic}
+    del ours
+    peer = HFPeer(small, params, device, amp_dtype, "eager")
+    total, per_op = counted_flops(lambda: peer.step(batch, key))
+    fused = _uses_fused_attention(per_op)
+    analytic = flopslib.train_step_flops(small.model, batch_size, small.seq_len, small.seq_len,
+                                         attention_recompute=fused)["total"]
+    out["hf"] = {"counted": total, "analytic": analytic, "by_op": per_op,
+                 "fused_attention": fused, "rel_err": abs(total - analytic) / analytic}
+    return out
+
+
+def measure_peak(device: torch.device, amp_dtype: torch.dtype | None, seconds: float = 2.0
+                 ) -> dict:
+    """Best FLOP/s of a large square matmul in the run's matmul dtype (bf16 for bf16
+    autocast, else float32 at the current matmul precision)."""
+    dtype = amp_dtype or torch.float32
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    flop = 2 * n ** 3
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    best, deadline = math.inf, time.perf_counter() + seconds
+    reps = 10 if device.type == "cuda" else 2
+    while time.perf_counter() < deadline or best == math.inf:
+        if device.type == "cuda":
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            for _ in range(reps):
+                a @ b
+            end.record()
+            end.synchronize()
+            dt = start.elapsed_time(end) / 1000 / reps
+        else:
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            dt = (time.perf_counter() - t0) / reps
+        best = min(best, dt)
+    return {"flops": flop / best, "matmul": f"{n}x{n}x{n} {str(dtype).replace('torch.', '')}",
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
+def nominal_peak(device: torch.device, amp_dtype: torch.dtype | None) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for chip, peaks in NOMINAL_PEAKS.items():
+        if chip in name:
+            if amp_dtype == torch.bfloat16:
+                return peaks["bf16"]
+            if torch.get_float32_matmul_precision() != "highest":
+                return peaks["tf32"]
+    return None
+
+
+# -- memory -------------------------------------------------------------------------------
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # Linux: "5" resets the process's peak RSS (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak allocated device memory (CUDA) or the process's peak RSS (CPU), MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+# -- timing -------------------------------------------------------------------------------
+class Variant:
+    """One implementation x mode: its runner, its keys, its per-round timings."""
+
+    def __init__(self, name: str, runner, keys_device: torch.device):
+        self.name, self.runner, self.keys_device = name, runner, keys_device
+        self.calls = 0
+        self.round_s: list[float] = []
+        self.peak_mb: list[float] = []
+        self.first_call_s = self.warmup_s = None
+        self.last_metrics: dict = {}
+
+    def key(self) -> torch.Tensor:
+        k = step_key(0, self.calls).to(self.keys_device)
+        self.calls += 1
+        return k
+
+    def run(self, batch: dict, n: int) -> None:
+        for _ in range(n):
+            self.last_metrics = self.runner.step(batch, self.key())
+
+
+def time_round(v: Variant, batch: dict, steps: int, device: torch.device) -> float:
+    """Seconds per step over ``steps`` steps (CUDA events on GPU, wall clock on CPU)."""
+    keys = [v.key() for _ in range(steps)]  # made before timing
+    if device.type == "cuda":
+        start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+        _sync(device)
+        start.record()
+        for k in keys:
+            v.last_metrics = v.runner.step(batch, k)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000 / steps
+    t0 = time.perf_counter()
+    for k in keys:
+        v.last_metrics = v.runner.step(batch, k)
+    return (time.perf_counter() - t0) / steps
+
+
+def build_variant(name: str, cfg: PretrainConfig, params: dict, device: torch.device,
+                  amp_dtype, batch: dict, warmup: int, log) -> tuple[list[Variant], list[dict]]:
+    """Build ``name``, time its first call (compilation) and warm it up.
+
+    Returns the working variants and failure rows; the autograd route's fullgraph compile
+    failing adds a failure row and retries with graph breaks allowed.
+    """
+    impl, route, mode = parse_variant(name)
+    # Keys are CPU tensors; CUDA graphs would skip a graph with a CPU input, so a compiled
+    # step of ours under reduce-overhead gets its keys on the device (the counter-based noise
+    # of compiled code works on any device).
+    keys_device = device if (mode == "reduce-overhead" and impl == "ours") else torch.device(
+        "cpu")
+    # (label, fullgraph): a compiled step of ours first as one graph, then with graph breaks.
+    attempts = [(name, True)]
+    if impl == "ours" and mode != "eager":
+        attempts.append((f"{name} (graph breaks)", False))
+    failures = []
+    for i, (label, fullgraph) in enumerate(attempts):
+        try:
+            if impl == "ours":
+                runner = OursRunner(cfg, params, device, amp_dtype, route, mode, fullgraph)
+            else:
+                runner = HFPeer(cfg, params, device, amp_dtype, mode)
+            v = Variant(label, runner, keys_device)
+            log(f"[{label}] first call ...")
+            _sync(device)
+            t0 = time.perf_counter()
+            v.run(batch, 1)
+            _sync(device)
+            v.first_call_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            v.run(batch, warmup)
+            _sync(device)
+            v.warmup_s = time.perf_counter() - t0
+            loss = float(v.last_metrics["loss"])
+            log(f"[{label}] first call {v.first_call_s:.1f} s, warm-up {warmup} steps "
+                f"{v.warmup_s:.1f} s, loss {loss:.4f}")
+            return [v], failures
+        except Exception as e:  # noqa: BLE001 -- a failed variant becomes a row, not a crash
+            text = str(e).strip()
+            msg = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+            log(f"[{label}] FAILED: {msg}")
+            if os.environ.get("BENCH_TRACEBACK"):
+                traceback.print_exc()
+            row_name = f"{name} (fullgraph)" if len(attempts) > 1 and i == 0 else label
+            failures.append({"variant": row_name, "error": msg[:500]})
+    return [], failures
+
+
+# -- profiling ----------------------------------------------------------------------------
+def profile_variant(v: Variant, batch: dict, device: torch.device, steps: int, trace_path: Path,
+                    top: int) -> dict:
+    """torch.profiler over ``steps`` steps: top ops by self time and a Chrome trace."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities, record_shapes=False) as prof:
+        v.run(batch, steps)
+        _sync(device)
+    trace_path.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(trace_path))
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    rows = []
+    for e in events:
+        t = getattr(e, attr, None)
+        if t is None and device.type == "cuda":
+            t = getattr(e, "self_cuda_time_total", 0)
+        rows.append((float(t or 0.0), e.key, e.count))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows) or 1.0
+    top_rows = [{"op": k, "self_ms_per_step": t / 1000 / steps, "share": t / total,
+                 "calls_per_step": c / steps} for t, k, c in rows[:top]]
+    return {"variant": v.name, "sort": sort, "steps": steps, "trace": str(trace_path),
+            "top": top_rows}
+
+
+def profile_table(p: dict) -> str:
+    lines = [f"Profile of {p['variant']} ({p['steps']} steps, by self time; trace: {p['trace']})",
+             "", "| op | self ms/step | share | calls/step |", "|---|---:|---:|---:|"]
+    for r in p["top"]:
+        lines.append(f"| {r['op']} | {r['self_ms_per_step']:.2f} | {100 * r['share']:.1f}% | "
+                     f"{r['calls_per_step']:.0f} |")
+    return "\n".join(lines)
+
+
+# -- report -------------------------------------------------------------------------------
+def _fmt(x, spec: str, none: str = "-") -> str:
+    return none if x is None else format(x, spec)
+
+
+def results_table(rows: list[dict], failures: list[dict]) -> str:
+    head = ("| variant | ms/step | tokens/s | TFLOP/s | MFU | peak mem MiB | first call s "
+            "| vs HF eager | vs HF compiled |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
+            f"{r['tflops']:.3f} | {_fmt(r['mfu'], '.1%')} | {_fmt(r['peak_memory_mb'], ',.0f')} "
+            f"| {r['first_call_s']:.1f} | {_fmt(r['vs_hf_eager'], '.2f')}x "
+            f"| {_fmt(r['vs_hf_compile'], '.2f')}x |")
+    for f in failures:
+        lines.append(f"| {f['variant']} | failed: {f['error'][:140].replace('|', '/')} "
+                     "| | | | | | | |")
+    return "\n".join(lines)
+
+
+def environment(device: torch.device) -> dict:
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+           "cpu_count": os.cpu_count(), "hostname": platform.node()}
+    with contextlib.suppress(Exception):
+        import transformers
+        env["transformers"] = transformers.__version__
+    with contextlib.suppress(OSError):
+        env["loadavg_start"] = os.getloadavg()
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--preset", default="small", help="model preset (tiny, small, small++, ...)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="default: 32 on CPU, 128 on GPU")
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                    help="float32, or bf16 autocast (default: bf16 on GPU, float32 on CPU)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per variant per round (default: 3 on CPU, 20 on GPU)")
+    ap.add_argument("--rounds", type=int, default=3, help="round-robin rounds; medians over them")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed steps after the first call (default: 1 on CPU, 5 on GPU)")
+    ap.add_argument("--variants", default=None,
+                    help=f"comma-separated subset of {', '.join(ALL_VARIANTS)}, or 'all' "
+                         f"(default on CPU: {', '.join(CPU_DEFAULT)}; on GPU also "
+                         "ours-func-max-autotune, ours-func-reduce-overhead)")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here (orjson)")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile the fastest of ours and HF eager: top ops + Chrome trace")
+    ap.add_argument("--profile-variants", default=None,
+                    help="comma-separated variants to profile instead (implies --profile)")
+    ap.add_argument("--profile-steps", type=int, default=2)
+    ap.add_argument("--profile-top", type=int, default=15)
+    ap.add_argument("--trace-dir", type=Path, default=Path("benchmarks/results/traces"))
+    ap.add_argument("--peak-seconds", type=float, default=2.0,
+                    help="how long to time the peak matmul")
+    ap.add_argument("--no-flop-check", action="store_true",
+                    help="skip the FlopCounterMode cross-check")
+    ap.add_argument("--flop-check-batch", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls for float32 on GPU")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    on_gpu = args.device.startswith("cuda")
+    args.batch_size = args.batch_size or (128 if on_gpu else 32)
+    args.dtype = args.dtype or ("bf16" if on_gpu else "float32")
+    args.steps = args.steps or (20 if on_gpu else 3)
+    args.warmup = args.warmup if args.warmup is not None else (5 if on_gpu else 1)
+    if args.variants in (None, ""):
+        names = list(CUDA_DEFAULT if on_gpu else CPU_DEFAULT)
+    elif args.variants == "all":
+        names = list(ALL_VARIANTS)
+    else:
+        names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for n in names:
+        parse_variant(n)
+    args.variant_names = names
+    if args.profile_variants:
+        args.profile = True
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr,
+                                                                  flush=True))
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda" and args.tf32:
+        torch.set_float32_matmul_precision("high")
+    amp_dtype = DTYPES[args.dtype]
+    cfg = PretrainConfig(model=ModelConfig.from_name(args.preset), seq_len=args.seq_len,
+                         batch_size=args.batch_size, seed=args.seed)
+    B, L = cfg.batch_size, cfg.seq_len
+    tokens = B * L
+    params = init_params(cfg.model, args.seed)
+    batch = synthetic_batch(cfg, device, args.seed)
+    started = time.time()
+
+    ours_flops = flopslib.electra_step_flops(cfg)
+    hf_flops = flopslib.train_step_flops(cfg.model, B, L, L)
+    log(f"ELECTRA {args.preset}, batch {B} x {L}, {args.dtype}, {device}; "
+        f"{ours_flops['total'] / 1e9:.1f} GFLOP/step useful, "
+        f"HF executes {hf_flops['total'] / 1e9:.1f}")
+    peak = measure_peak(device, amp_dtype, args.peak_seconds)
+    log(f"measured peak: {peak['flops'] / 1e12:.3f} TFLOP/s ({peak['matmul']})")
+
+    check = None
+    if not args.no_flop_check:
+        check = flop_check(cfg, params, device, amp_dtype, min(args.flop_check_batch, B))
+        for impl in ("ours", "hf"):
+            c = check[impl]
+            log(f"FLOP check {impl} (batch {check['batch_size']}): counted "
+                f"{c['counted'] / 1e9:.3f} G, analytic {c['analytic'] / 1e9:.3f} G, "
+                f"rel err {c['rel_err']:.2%}")
+
+    variants: list[Variant] = []
+    failures: list[dict] = []
+    for name in args.variant_names:
+        got, failed = build_variant(name, cfg, params, device, amp_dtype, batch, args.warmup,
+                                    log)
+        variants += got
+        failures += failed
+
+    for r in range(args.rounds):
+        order = variants[r % len(variants):] + variants[:r % len(variants)] if variants else []
+        for v in order:
+            reset_peak_memory(device)
+            s = time_round(v, batch, args.steps, device)
+            v.round_s.append(s)
+            mem = peak_memory_mb(device)
+            if mem is not None:
+                v.peak_mb.append(mem)
+            log(f"round {r + 1}/{args.rounds} {v.name}: {1000 * s:.1f} ms/step")
+
+    measured_peak = peak["flops"]
+    nominal = nominal_peak(device, amp_dtype)
+    rows = []
+    for v in variants:
+        s = statistics.median(v.round_s)
+        tps = tokens / s
+        achieved = ours_flops["total"] / s
+        is_hf = v.name.startswith("hf-")
+        rows.append({
+            "variant": v.name,
+            "implementation": "hf" if is_hf else "ours",
+            "ms_per_step": 1000 * s,
+            "ms_per_step_rounds": [1000 * x for x in v.round_s],
+            "tokens_per_s": tps,
+            "tflops": achieved / 1e12,
+            "executed_flops_per_step": (hf_flops if is_hf else ours_flops)["total"],
+            "executed_tflops": (hf_flops if is_hf else ours_flops)["total"] / s / 1e12,
+            "mfu": achieved / measured_peak,
+            "mfu_nominal": achieved / nominal if nominal else None,
+            "peak_memory_mb": max(v.peak_mb) if v.peak_mb else None,
+            "first_call_s": v.first_call_s,
+            "compile_s": max(0.0, v.first_call_s - s) if "eager" not in v.name else None,
+            "warmup_s": v.warmup_s,
+            "final_loss": float(v.last_metrics.get("loss", float("nan"))),
+            **({"optimizer": v.runner.optimizer_impl,
+                "attn_implementation": v.runner.attn_implementation} if is_hf else {}),
+        })
+    by_name = {r["variant"]: r for r in rows}
+    for r in rows:
+        for peer in ("hf-eager", "hf-compile"):
+            p = by_name.get(peer)
+            r[f"vs_{peer.replace('-', '_')}"] = r["tokens_per_s"] / p["tokens_per_s"] if p else None
+    ours_rows = [r for r in rows if r["implementation"] == "ours"]
+    fastest = min(ours_rows, key=lambda r: r["ms_per_step"])["variant"] if ours_rows else None
+
+    profiles = []
+    if args.profile and variants:
+        wanted = ([p.strip() for p in args.profile_variants.split(",")]
+                  if args.profile_variants else [fastest, "hf-eager"])
+        for v in variants:
+            if v.name in wanted:
+                trace = args.trace_dir / f"trace-{v.name.replace(' ', '_')}.json"
+                profiles.append(profile_variant(v, batch, device, args.profile_steps, trace,
+                                                args.profile_top))
+
+    table = results_table(rows, failures)
+    header = (f"ELECTRA-{args.preset} pre-training step, batch {B} x seq {L}, {args.dtype}, "
+              f"{device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}"
+              f"; medians of {args.rounds} round-robin rounds x {args.steps} steps.\n"
+              f"TFLOP/s and MFU use the useful analytic count for every row "
+              f"({ours_flops['total'] / 1e9:.1f} GFLOP/step, vocabulary logits at the "
+              f"{cfg.max_predictions} masked slots; HF executes {hf_flops['total'] / 1e9:.1f}). "
+              f"Measured peak {measured_peak / 1e12:.3f} TFLOP/s ({peak['matmul']}).")
+    print(header)
+    print()
+    print(table)
+    if fastest:
+        print(f"\nFastest of ours: {fastest}")
+    for p in profiles:
+        print()
+        print(profile_table(p))
+
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "environment": environment(device),
+        "config": cfg.to_dict(),
+        "device": str(device),
+        "dtype": args.dtype,
+        "batch_size": B,
+        "seq_len": L,
+        "tokens_per_step": tokens,
+        "flops": {"ours": ours_flops, "hf_executed": hf_flops,
+                  "note": "tokens/s, tflops and mfu of every row use flops.ours.total (useful); "
+                          "HF's executed count includes vocabulary logits at every position"},
+        "flop_check": check,
+        "peak": {"measured_flops": measured_peak, **peak, "nominal_flops": nominal},
+        "rows": rows,
+        "failures": failures,
+        "fastest_ours": fastest,
+        "profiles": profiles,
+        "table_md": header + "\n\n" + table,
+        "wall_s": time.time() - started,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2
+                                           | orjson.OPT_SERIALIZE_NUMPY))
+        log(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The throughput benchmark: its FLOP model, its Hugging Face peer, and an end-to-end run."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+from torch.func import grad_and_value
+
+from electra_fn import flops as flopslib
+from electra_fn import rng as rnglib
+from electra_fn.config import ModelConfig, PretrainConfig
+from electra_fn.model import init_params
+from electra_fn.pretrain import electra_forward, init_opt_state, make_train_step, step_key
+
+pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "throughput.py"
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("electra_throughput_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_benchmark()
+
+
+def _cfg(dropout: bool = True, **model_overrides) -> PretrainConfig:
+    model = ModelConfig.from_name("tiny", **model_overrides)
+    if not dropout:
+        model = model.replace(hidden_dropout=0.0, attention_dropout=0.0)
+    return PretrainConfig(model=model, batch_size=3, seq_len=32, total_steps=100,
+                          warmup_steps=10)
+
+
+def _noise_backends():
+    backends = [("native", contextlib.nullcontext)]
+    if hasattr(rnglib, "counter_based"):
+        backends.append(("counter", rnglib.counter_based))
+    return backends
+
+
+# -- FLOP model ---------------------------------------------------------------------------
+def test_small_step_flops_match_the_published_order_of_magnitude():
+    f = flopslib.electra_step_flops(PretrainConfig())  # ELECTRA-Small, batch 128 x 128
+    assert 1.0e12 < f["total"] < 1.3e12  # paper: 1.3e12 with elementwise ops and full logits
+    assert 0.85 < f["discriminator_fraction"] < 0.9
+    assert f["backward_total"] == 2 * f["forward_total"]
+    fused = flopslib.electra_step_flops(PretrainConfig(), attention_recompute=True)
+    assert fused["total"] > f["total"]
+
+
+def test_flops_are_linear_in_batch_and_vocab_positions_only_touch_the_head():
+    m = ModelConfig.from_name("small")
+    one, two = (flopslib.train_step_flops(m, b, 128, 19)["total"] for b in (1, 2))
+    assert two == 2 * one
+    a = flopslib.forward_flops(m, 4, 128, 19)
+    b = flopslib.forward_flops(m, 4, 128, 128)
+    assert {k for k in a if a[k] != b[k]} == {"generator_head"}
+
+
+@pytest.mark.parametrize("route", ["func", "autograd"])
+@pytest.mark.parametrize("dropout", [True, False], ids=["dropout", "no-dropout"])
+def test_analytic_flops_match_flop_counter_for_our_step(route, dropout):
+    cfg = _cfg(dropout)
+    params = init_params(cfg.model, 0)
+    batch = bench.synthetic_batch(cfg, torch.device("cpu"))
+    step = make_train_step(cfg, grad_route=route)
+    counted, per_op = bench.counted_flops(
+        lambda: step(params, init_opt_state(params), batch, step_key(0, 0)))
+    fused = bench._uses_fused_attention(per_op)
+    analytic = flopslib.electra_step_flops(cfg, attention_recompute=fused)["total"]
+    assert abs(counted - analytic) <= 0.05 * analytic, (counted, analytic, per_op)
+
+
+def test_analytic_flops_match_flop_counter_for_the_hf_peer():
+    cfg = _cfg()
+    params = init_params(cfg.model, 0)
+    batch = bench.synthetic_batch(cfg, torch.device("cpu"))
+    peer = bench.HFPeer(cfg, params, torch.device("cpu"))
+    counted, per_op = bench.counted_flops(lambda: peer.step(batch, step_key(0, 0)))
+    fused = bench._uses_fused_attention(per_op)
+    analytic = flopslib.train_step_flops(cfg.model, cfg.batch_size, cfg.seq_len, cfg.seq_len,
+                                         attention_recompute=fused)["total"]
+    assert abs(counted - analytic) <= 0.05 * analytic, (counted, analytic, per_op)
+
+
+# -- the Hugging Face peer computes what we compute ---------------------------------------
+@pytest.mark.parametrize("backend", _noise_backends(), ids=lambda b: b[0])
+def test_hf_peer_loss_matches_ours_on_identical_weights_and_noise(backend):
+    cfg = _cfg(dropout=False)
+    params = init_params(cfg.model, 1)
+    batch = bench.synthetic_batch(cfg, torch.device("cpu"), seed=2)
+    key = step_key(3, 7)
+    peer = bench.HFPeer(cfg, params, torch.device("cpu"), dropout=False)
+    with backend[1]():
+        ours, metrics = electra_forward(params, batch, key, cfg, train=False)
+        noise = bench.step_noise(key, cfg, cfg.batch_size, cfg.seq_len, torch.device("cpu"))
+        theirs, their_metrics = peer.forward_loss(batch, noise)
+    assert metrics["masked_tokens"] > 0
+    torch.testing.assert_close(theirs.detach(), ours, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(their_metrics["gen_loss"], metrics["gen_loss"], rtol=1e-4,
+                               atol=1e-4)
+    torch.testing.assert_close(their_metrics["disc_loss"], metrics["disc_loss"], rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_hf_peer_shares_embeddings_and_gets_our_gradients():
+    cfg = _cfg(dropout=False)
+    params = init_params(cfg.model, 4)
+    batch = bench.synthetic_batch(cfg, torch.device("cpu"), seed=5)
+    key = step_key(0, 1)
+    peer = bench.HFPeer(cfg, params, torch.device("cpu"), dropout=False)
+    gen, disc = peer.generator, peer.discriminator
+    assert gen.electra.embeddings is disc.electra.embeddings
+    assert gen.generator_lm_head.weight is disc.electra.embeddings.word_embeddings.weight
+    grads, _ = grad_and_value(lambda p: electra_forward(p, batch, key, cfg, train=False),
+                              has_aux=True)(params)
+    noise = bench.step_noise(key, cfg, cfg.batch_size, cfg.seq_len, torch.device("cpu"))
+    loss, _ = peer.forward_loss(batch, noise)
+    loss.backward()
+    pairs = [
+        (grads["embeddings"]["word"], disc.electra.embeddings.word_embeddings.weight.grad),
+        (grads["embeddings"]["position"],
+         disc.electra.embeddings.position_embeddings.weight.grad),
+        (grads["generator"]["head"]["output_bias"], gen.generator_lm_head.bias.grad),
+        (grads["discriminator"]["layers"][0]["ffn"]["in"]["weight"],
+         disc.electra.encoder.layer[0].intermediate.dense.weight.grad),
+        (grads["generator"]["layers"][-1]["attention"]["out"]["weight"],
+         gen.electra.encoder.layer[-1].attention.output.dense.weight.grad),
+    ]
+    for ours, theirs in pairs:
+        torch.testing.assert_close(theirs, ours, rtol=1e-3, atol=1e-5)
+
+
+def test_first_training_step_losses_agree():
+    cfg = _cfg(dropout=False)
+    params = init_params(cfg.model, 6)
+    batch = bench.synthetic_batch(cfg, torch.device("cpu"), seed=7)
+    key = step_key(1, 0)
+    _, _, metrics = make_train_step(cfg)(params, init_opt_state(params), batch, key)
+    peer = bench.HFPeer(cfg, params, torch.device("cpu"), dropout=False)
+    their = peer.step(batch, key)
+    torch.testing.assert_close(their["loss"], metrics["loss"], rtol=1e-4, atol=1e-4)
+
+
+def test_synthetic_batch_looks_like_pretraining_data():
+    cfg = PretrainConfig(model=ModelConfig.from_name("tiny"), batch_size=40, seq_len=32)
+    b = bench.synthetic_batch(cfg, torch.device("cpu"))
+    ids, mask = b["input_ids"], b["attention_mask"]
+    assert (ids[:, 0] == bench.CLS_ID).all()
+    assert ((ids == bench.SEP_ID).sum(-1) == 2).all()
+    assert (mask.sum(-1) < cfg.seq_len).sum() == 2  # every 20th row is padded
+    assert ((ids == bench.PAD_ID) == (mask == 0)).all()
+    assert b["token_type_ids"].max() == 1
+
+
+def test_unknown_variant_is_rejected():
+    with pytest.raises(ValueError, match="unknown variant"):
+        bench.parse_args(["--variants", "ours-eager"])
+
+
+# -- end to end ---------------------------------------------------------------------------
+def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
+    out = tmp_path / "bench.json"
+    variants = "ours-func-eager,ours-autograd-eager,hf-eager"
+    cmd = [sys.executable, str(SCRIPT), "--preset", "tiny", "--batch-size", "2", "--seq-len",
+           "32", "--steps", "2", "--warmup", "1", "--rounds", "2", "--variants", variants,
+           "--json", str(out), "--profile", "--trace-dir", str(tmp_path / "traces"),
+           "--peak-seconds", "0.2", "--quiet"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| variant | ms/step | tokens/s |" in proc.stdout
+    r = orjson.loads(out.read_bytes())
+    assert r["device"] == "cpu" and r["dtype"] == "float32"
+    assert r["batch_size"] == 2 and r["seq_len"] == 32 and r["tokens_per_step"] == 64
+    assert [row["variant"] for row in r["rows"]] == variants.split(",")
+    assert r["failures"] == []
+    for row in r["rows"]:
+        for field in ("ms_per_step", "tokens_per_s", "tflops", "mfu", "first_call_s",
+                      "vs_hf_eager", "final_loss"):
+            assert isinstance(row[field], float) and row[field] > 0, (field, row)
+        assert len(row["ms_per_step_rounds"]) == 2
+        assert row["vs_hf_compile"] is None
+    hf = next(row for row in r["rows"] if row["variant"] == "hf-eager")
+    assert hf["vs_hf_eager"] == pytest.approx(1.0)
+    assert hf["executed_flops_per_step"] > r["flops"]["ours"]["total"]
+    assert r["fastest_ours"] in ("ours-func-eager", "ours-autograd-eager")
+    for impl in ("ours", "hf"):
+        assert r["flop_check"][impl]["rel_err"] < 0.05
+    assert r["peak"]["measured_flops"] > 0
+    assert {p["variant"] for p in r["profiles"]} == {r["fastest_ours"], "hf-eager"}
+    for p in r["profiles"]:
+        assert Path(p["trace"]).is_file() and p["top"]

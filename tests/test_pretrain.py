@@ -1,0 +1,382 @@
+"""Pre-training step and checkpoints: purity, eager == compiled, grad routes, learning,
+non-finite skips, masked-only generator logits, eval without dropout, atomic checkpoints."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo.testing
+
+from electra_fn import checkpoint as ckpt
+from electra_fn import model, pretrain
+from electra_fn import rng as rnglib
+from electra_fn.config import CLS_ID, PAD_ID, SEP_ID, ModelConfig, PretrainConfig
+from electra_fn.tree import flat_dict, tree_leaves, tree_map
+
+TINY = ModelConfig.from_name("tiny", vocab_size=100, max_position_embeddings=32)
+# warmup 0: the first step already moves the params (lr(0) = peak).
+CFG = PretrainConfig(model=TINY, seq_len=32, batch_size=2, total_steps=100, warmup_steps=0,
+                     learning_rate=1e-3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These tensors are tiny: intra-op threads only add contention (10-50x slower steps on a
+    busy 2-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _batch(cfg: PretrainConfig = CFG, seed: int = 0) -> dict:
+    """[CLS] tokens [SEP] rows; the second row ends in padding."""
+    B, L, V = cfg.batch_size, cfg.seq_len, cfg.model.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, V, (B, L), generator=g)
+    mask = torch.ones(B, L, dtype=torch.int64)
+    mask[1:, L - L // 4:] = 0
+    ids[:, 0] = CLS_ID
+    lengths = mask.sum(1)
+    ids[torch.arange(B), lengths - 1] = SEP_ID
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, PAD_ID))
+    types = torch.zeros_like(ids)
+    types[:, L // 2:] = 1
+    types = types * mask
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+
+def _init(cfg: PretrainConfig = CFG, seed: int = 0):
+    params = model.init_params(cfg.model, seed)
+    return params, pretrain.init_opt_state(params)
+
+
+def _clone(tree):
+    return tree_map(lambda x: x.clone(), tree)
+
+
+def _trees_equal(a, b) -> bool:
+    fa, fb = flat_dict(a), flat_dict(b)
+    return fa.keys() == fb.keys() and all(
+        fa[k].dtype == fb[k].dtype and torch.equal(fa[k], fb[k]) for k in fa)
+
+
+def _assert_trees_close(a, b, atol: float, rtol: float = 0.0):
+    fa, fb = flat_dict(a), flat_dict(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        torch.testing.assert_close(fa[k], fb[k], atol=atol, rtol=rtol, msg=lambda m: f"{k}: {m}")
+
+
+# -- the pure step --------------------------------------------------------------------------
+def test_train_step_is_pure_and_keyed():
+    step = pretrain.make_train_step(CFG)
+    params, opt = _init()
+    batch = _batch()
+    before = _clone((params, opt, batch))
+    key = pretrain.step_key(0, 0)
+    out1 = step(params, opt, batch, key)
+    assert _trees_equal((params, opt, batch), before), "train_step mutated its inputs"
+    out2 = step(params, opt, batch, key.clone())
+    assert _trees_equal(out1, out2), "same key, different result"
+    out3 = step(params, opt, batch, pretrain.step_key(0, 1))
+    assert not torch.equal(out1[2]["loss"], out3[2]["loss"]), "the key does not matter"
+    assert not _trees_equal(out1[0], out3[0])
+    assert _trees_equal((params, opt, batch), before)
+    new_params, new_opt, metrics = out1
+    assert not _trees_equal(new_params, params), "the step did not update the params"
+    assert int(new_opt["step"]) == 1 and new_opt["step"].dtype == torch.int64
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in metrics.values())
+    assert {"loss", "gen_loss", "gen_accuracy", "disc_loss", "disc_accuracy",
+            "disc_replaced_accuracy", "disc_original_accuracy", "grad_norm", "lr",
+            "skipped"} <= set(metrics)
+    assert float(metrics["skipped"]) == 0.0
+    assert float(metrics["masked_tokens"]) <= CFG.batch_size * CFG.max_predictions
+
+
+def test_step_key_is_a_function_of_seed_and_step():
+    assert torch.equal(pretrain.step_key(3, 5), pretrain.step_key(3, torch.tensor(5)))
+    keys = {int(pretrain.step_key(s, i)) for s in range(3) for i in range(50)}
+    assert len(keys) == 150
+
+
+def test_bad_grad_route():
+    with pytest.raises(ValueError, match="grad_route"):
+        pretrain.make_train_step(CFG, grad_route="jvp")
+
+
+def _compare_eager_compiled(backend: str):
+    # One layer: the same code paths, half the tracing time (dynamo traces every layer).
+    cfg = CFG.replace(model=TINY.replace(num_layers=1))
+    counter = torch._dynamo.testing.CompileCounterWithBackend(backend)
+    compiled = torch.compile(pretrain.make_train_step(cfg), fullgraph=True, backend=counter)
+    eager = pretrain.make_train_step(cfg)
+    batch = _batch(cfg)
+    pe, oe = _init(cfg)
+    pc, oc = _clone((pe, oe))
+    for i in range(2):
+        key = pretrain.step_key(cfg.seed, i)
+        with rnglib.counter_based():  # eager draws the compiled (counter-based) noise
+            pe, oe, me = eager(pe, oe, batch, key)
+        pc, oc, mc = compiled(pc, oc, batch, key)
+        assert me.keys() == mc.keys()
+        for k in me:
+            torch.testing.assert_close(mc[k], me[k], atol=1e-5, rtol=1e-5, msg=k)
+        _assert_trees_close(pc, pe, atol=1e-5)
+        _assert_trees_close(oc, oe, atol=1e-5)
+    assert int(oc["step"]) == 2
+    assert counter.frame_count == 1
+    # A later step: a new step counter (so a new lr) and a new key reuse the graph.
+    oc_late = dict(oc, step=torch.tensor(cfg.total_steps // 2))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        _, _, m_late = compiled(pc, oc_late, batch, pretrain.step_key(cfg.seed, 50))
+    assert counter.frame_count == 1, "a new step / lr recompiled the train step"
+    assert float(m_late["lr"]) == pytest.approx(cfg.learning_rate / 2, rel=1e-6)
+
+
+def test_eager_vs_compiled_graph_capture():
+    """fullgraph=True capture (dynamo + AOTAutograd) agrees with eager for 2 steps, once."""
+    torch._dynamo.reset()
+    _compare_eager_compiled("aot_eager")
+
+
+@pytest.mark.skipif(not os.environ.get("ELECTRA_FN_SLOW"),
+                    reason="inductor's cold C++ compile takes minutes on CPU; "
+                           "set ELECTRA_FN_SLOW=1")
+def test_eager_vs_compiled_inductor():
+    torch._dynamo.reset()
+    _compare_eager_compiled("inductor")
+
+
+def test_grad_routes_agree():
+    batch = _batch()
+    params, opt = _init()
+    key = pretrain.step_key(0, 0)
+    pf, of, mf = pretrain.make_train_step(CFG, grad_route="func")(params, opt, batch, key)
+    pa, oa, ma = pretrain.make_train_step(CFG, grad_route="autograd")(params, opt, batch, key)
+    _assert_trees_close(pa, pf, atol=1e-6)
+    _assert_trees_close(oa, of, atol=1e-6)
+    torch.testing.assert_close(ma["loss"], mf["loss"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(ma["grad_norm"], mf["grad_norm"], atol=1e-5, rtol=1e-6)
+
+
+def test_loss_decreases_on_a_repeated_batch():
+    """Overfitting one small batch: generator loss falls, discriminator accuracy rises."""
+    cfg = CFG.replace(seq_len=16, learning_rate=2e-3, total_steps=1000)
+    step = pretrain.make_train_step(cfg)
+    batch = _batch(cfg, seed=1)
+    params, opt = _init(cfg)
+    gen, disc_loss, disc_acc = [], [], []
+    for i in range(30):
+        params, opt, m = step(params, opt, batch, pretrain.step_key(0, i))
+        assert float(m["skipped"]) == 0.0
+        gen.append(float(m["gen_loss"]))
+        disc_loss.append(float(m["disc_loss"]))
+        disc_acc.append(float(m["disc_accuracy"]))
+    first, last = slice(0, 5), slice(-5, None)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert mean(gen[last]) < mean(gen[first]) - 0.5, gen
+    assert mean(disc_loss[last]) < mean(disc_loss[first]) - 0.1, disc_loss
+    # From chance at initialisation (~0.5) to at least the majority class (original tokens).
+    assert mean(disc_acc[last]) > disc_acc[0] + 0.1, disc_acc
+    assert mean(disc_acc[last]) > 0.8, disc_acc
+
+
+# -- non-finite steps ----------------------------------------------------------------------
+def test_non_finite_step_is_skipped():
+    step = pretrain.make_train_step(CFG)
+    batch = _batch()
+    params, opt = _init()
+    params, opt, m = step(params, opt, batch, pretrain.step_key(0, 0))  # non-zero moments
+    assert float(m["skipped"]) == 0.0
+    bad = _clone(params)
+    bad["discriminator"]["head"]["out"]["weight"][0, 0] = float("inf")
+    before = _clone((bad, opt))
+    new_params, new_opt, m = step(bad, opt, batch, pretrain.step_key(0, 1))
+    assert not torch.isfinite(m["loss"]) or not torch.isfinite(m["grad_norm"])
+    assert float(m["skipped"]) == 1.0
+    assert _trees_equal(new_params, before[0]), "params changed on a skipped step"
+    assert _trees_equal(new_opt["adam"], before[1]["adam"]), "moments changed on a skipped step"
+    assert int(new_opt["step"]) == int(opt["step"]) + 1, "the step counter must still advance"
+    # Back to finite params: the next step updates again.
+    good_params, _, m = step(params, new_opt, batch, pretrain.step_key(0, 2))
+    assert float(m["skipped"]) == 0.0 and not _trees_equal(good_params, params)
+
+
+def test_nan_param_is_skipped_every_step():
+    step = pretrain.make_train_step(CFG)
+    params, opt = _init()
+    params["embeddings"]["word"][7, 0] = float("nan")
+    batch = _batch()
+    for i in range(2):
+        params, opt, m = step(params, opt, batch, pretrain.step_key(0, i))
+        assert float(m["skipped"]) == 1.0
+    assert int(opt["step"]) == 2
+    assert all(int(torch.count_nonzero(x)) == 0 for x in tree_leaves(opt["adam"]))
+
+
+# -- the generator only sees masked positions ----------------------------------------------
+def test_generator_logits_only_at_masked_positions(monkeypatch):
+    seen = []
+    real_head = model.generator_head
+
+    def recording_head(params, hidden, cfg):
+        seen.append(tuple(hidden.shape))
+        out = real_head(params, hidden, cfg)
+        seen.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(model, "generator_head", recording_head)
+    params, opt = _init()
+    batch = _batch()
+    pretrain.make_train_step(CFG)(params, opt, batch, pretrain.step_key(0, 0))
+    B, P = CFG.batch_size, CFG.max_predictions
+    assert P < CFG.seq_len // 4
+    assert seen == [(B, P, TINY.generator.hidden_size), (B, P, TINY.vocab_size)]
+
+
+# -- evaluation ----------------------------------------------------------------------------
+def test_eval_step_has_no_dropout_and_is_pure():
+    params, _ = _init()
+    batch = _batch()
+    before = _clone(params)
+    key = pretrain.step_key(0, 3)
+    eval_step = pretrain.make_eval_step(CFG)
+    m1 = eval_step(params, batch, key)
+    m2 = eval_step(params, batch, key.clone())
+    assert _trees_equal(m1, m2)
+    assert _trees_equal(params, before), "eval_step changed the params"
+    with torch.no_grad():
+        _, ref = pretrain.electra_forward(params, batch, key, CFG, train=False)
+    assert _trees_equal(m1, ref)
+    # With dropout rates at 0, train=True computes the same thing: eval has no dropout at all.
+    no_drop = CFG.replace(model=TINY.replace(hidden_dropout=0.0, attention_dropout=0.0))
+    with torch.no_grad():
+        _, train_no_drop = pretrain.electra_forward(params, batch, key, no_drop, train=True)
+        _, train_drop = pretrain.electra_forward(params, batch, key, CFG, train=True)
+    for k in m1:
+        torch.testing.assert_close(m1[k], train_no_drop[k], atol=1e-6, rtol=1e-6, msg=k)
+    assert not torch.equal(m1["disc_loss"], train_drop["disc_loss"])  # dropout was on there
+    assert all(not v.requires_grad for v in m1.values())
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+def _state_after_a_step():
+    params, opt = _init()
+    params, opt, _ = pretrain.make_train_step(CFG)(params, opt, _batch(),
+                                                   pretrain.step_key(0, 0))
+    return params, opt
+
+
+def _save(directory, step, params, opt, **kw):
+    return ckpt.save_checkpoint(directory, params=params, opt_state=opt, step=step,
+                                data_position=(step // 10, step % 10),
+                                config={"pretrain": CFG.to_dict(), "run": {"seed": 0}}, **kw)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    params, opt = _state_after_a_step()
+    path = _save(tmp_path, 1234, params, opt)
+    assert path == tmp_path / "step_00001234.pt" and path.is_file()
+    got = ckpt.load_checkpoint(path)
+    assert _trees_equal(got["params"], params)
+    assert _trees_equal(got["opt_state"], opt)
+    assert got["opt_state"]["step"].dtype == torch.int64 and got["opt_state"]["step"].ndim == 0
+    assert got["step"] == 1234 and got["data_position"] == (123, 4)
+    assert got["config"]["pretrain"] == CFG.to_dict()
+    assert PretrainConfig.from_dict(got["config"]["pretrain"]) == CFG
+    # The structure is the model's (lists of layers come back as lists).
+    assert isinstance(got["params"]["generator"]["layers"], list)
+    assert ckpt.latest_checkpoint(tmp_path) == path
+
+
+def test_checkpoint_keep_prunes_older(tmp_path):
+    params, opt = _init()
+    for s in (1, 2, 3):
+        _save(tmp_path, s, params, opt, keep=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000002.pt",
+                                                                   "step_00000003.pt"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000003.pt"
+    assert ckpt.latest_checkpoint(tmp_path / "missing") is None
+
+
+class _OsWith:
+    """The ``os`` module with one function replaced (patched into electra_fn.checkpoint only)."""
+
+    def __init__(self, **replaced):
+        self._replaced = replaced
+
+    def __getattr__(self, name):
+        return self._replaced[name] if name in self._replaced else getattr(os, name)
+
+
+def _boom(exc):
+    def fail(*_a, **_k):
+        raise exc
+    return fail
+
+
+@pytest.mark.parametrize("crash", ["torch.save", "fsync", "os.replace"])
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch, crash):
+    params, opt = _init()
+    good = _save(tmp_path, 1, params, opt)
+    good_bytes = good.read_bytes()
+    new_params, new_opt = _state_after_a_step()
+    if crash == "torch.save":
+        monkeypatch.setattr(ckpt.torch, "save", _boom(OSError("disk full")))
+    elif crash == "fsync":  # after the body has been written to the temporary file
+        monkeypatch.setattr(ckpt, "os", _OsWith(fsync=_boom(KeyboardInterrupt())))
+    else:
+        monkeypatch.setattr(ckpt, "os", _OsWith(replace=_boom(OSError("crash in rename"))))
+    with pytest.raises((OSError, KeyboardInterrupt)):
+        _save(tmp_path, 2, new_params, new_opt)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [good.name], "partial/temporary file left"
+    assert good.read_bytes() == good_bytes
+    got = ckpt.load_checkpoint(good)
+    assert got["step"] == 1 and _trees_equal(got["params"], params)
+    assert ckpt.latest_checkpoint(tmp_path) == good
+
+
+def test_temporary_files_are_not_checkpoints(tmp_path):
+    (tmp_path / ".tmp-abc.pt").write_bytes(b"partial")
+    (tmp_path / "step_12.pt").write_bytes(b"short name")
+    assert ckpt.list_checkpoints(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["start", "middle", "footer"])
+def test_flipped_byte_is_detected(tmp_path, where):
+    params, opt = _init()
+    path = _save(tmp_path, 5, params, opt)
+    data = bytearray(path.read_bytes())
+    i = {"start": 0, "middle": len(data) // 2, "footer": len(data) - 20}[where]
+    data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointCorrupt, match=re.escape(str(path))):
+        ckpt.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("keep_fraction", [0.0, 0.5, 0.999])
+def test_truncated_file_is_detected(tmp_path, keep_fraction):
+    params, opt = _init()
+    path = _save(tmp_path, 5, params, opt)
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep_fraction)])
+    with pytest.raises(ckpt.CheckpointCorrupt, match=re.escape(str(path))):
+        ckpt.load_checkpoint(path)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="step_00000009.pt"):
+        ckpt.load_checkpoint(tmp_path / "step_00000009.pt")
+
+
+def test_not_a_checkpoint_is_corrupt(tmp_path):
+    path = Path(tmp_path) / "step_00000001.pt"
+    path.write_bytes(b"hello" * 100)
+    with pytest.raises(ckpt.CheckpointCorrupt, match=re.escape(str(path))):
+        ckpt.load_checkpoint(path)

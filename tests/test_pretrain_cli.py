@@ -1,0 +1,334 @@
+"""End to end: ``python -m experiments.pretrain_small`` on the fixture corpus with the tiny preset.
+
+Runs are shared through module-scoped fixtures (one uninterrupted 6-step run, one stopped at
+step 3 and resumed); of the bad-input cases one runs as a process and the others call
+``main(argv)`` in-process, to keep the file fast on a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+
+from electra_fn import checkpoint as ckpt
+from electra_fn import model
+from electra_fn.config import PretrainConfig
+from electra_fn.tree import flat_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "tests" / "fixtures" / "corpus"
+STEPS = 6
+# Tiny tensors: extra intra-op threads only fight over a busy machine's cores.
+ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def _args(out: Path, cache: Path, *extra, corpus=(CORPUS,), plot: bool = False) -> list[str]:
+    args = [sys.executable, "-m", "experiments.pretrain_small", "--preset", "tiny",
+            "--corpus", *map(str, corpus), "--batch-size", "2", "--seq-len", "32",
+            "--vocab-size", "300", "--cache-dir", str(cache), "--out", str(out)]
+    return args + ([] if plot else ["--no-plot"]) + list(map(str, extra))
+
+
+def _cli(out: Path, cache: Path, *extra, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(_args(out, cache, *extra, **kw), cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+def _rows(path: Path) -> list[dict]:
+    return [orjson.loads(x) for x in path.read_bytes().splitlines() if x.strip()]
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _trees_equal(a, b) -> bool:
+    fa, fb = flat_dict(a), flat_dict(b)
+    return fa.keys() == fb.keys() and all(
+        fa[k].dtype == fb[k].dtype and torch.equal(fa[k], fb[k]) for k in fa)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One tokenizer / data cache for the good runs (the first run trains the tokenizer)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, cache) -> Path:
+    out = tmp_path_factory.mktemp("full") / "run"
+    _ok(_cli(out, cache, "--steps", STEPS))
+    return out
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, cache, full_run) -> tuple[Path, subprocess.CompletedProcess]:
+    """The same run stopped after step 3 and resumed (the resumed leg also plots)."""
+    out = tmp_path_factory.mktemp("resumed") / "run"
+    r1 = _ok(_cli(out, cache, "--steps", STEPS, "--stop-at-step", 3))
+    assert "stopped at step 3" in r1.stdout
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step_00000003.pt"]
+    assert not (out / "summary.json").exists()
+    r2 = _ok(_cli(out, cache, "--steps", STEPS, "--resume", plot=True))
+    assert "resuming at step 3" in r2.stdout
+    return out, r2
+
+
+# -- a complete run ------------------------------------------------------------------------
+def test_run_writes_all_outputs(full_run):
+    out = full_run
+    config = orjson.loads((out / "config.json").read_bytes())
+    cfg = PretrainConfig.from_dict(config["pretrain"])
+    assert (cfg.total_steps, cfg.batch_size, cfg.seq_len) == (STEPS, 2, 32)
+    assert cfg.model.name == "tiny" and cfg.model.vocab_size == 300
+
+    rows = _rows(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    for r in rows:
+        for k in ("loss", "gen_accuracy", "disc_replaced_accuracy", "disc_original_accuracy",
+                  "tokens_per_s", "eta_s", "grad_norm", "lr"):
+            assert isinstance(r[k], float) and r[k] == r[k], (k, r)  # present, not NaN
+        assert 0 <= r["gen_accuracy"] <= 1 and r["tokens_per_s"] > 0 and r["eta_s"] >= 0
+        assert r["skipped"] == 0
+    assert rows[-1]["eta_s"] == 0
+
+    evals = _rows(out / "eval.jsonl")
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == STEPS
+    assert [e["step"] for e in evals] == sorted({e["step"] for e in evals})
+    for e in evals:
+        assert {"gen_accuracy", "disc_accuracy", "disc_replaced_accuracy",
+                "disc_original_accuracy", "gen_loss", "disc_loss"} <= set(e)
+
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step_00000006.pt"]
+    state = ckpt.load_checkpoint(out / "checkpoints" / "step_00000006.pt")
+    assert state["step"] == STEPS and int(state["opt_state"]["step"]) == STEPS
+    assert PretrainConfig.from_dict(state["config"]["pretrain"]) == cfg
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["steps"] == STEPS
+    assert summary["tokens_seen"] == STEPS * 2 * 32
+    assert summary["held_out_final"]["disc_accuracy"] == pytest.approx(evals[-1]["disc_accuracy"])
+    assert not (out / "curves.png").exists()  # --no-plot
+
+    _check_hf_export(out / "hf", state["params"], cfg)
+
+
+def _check_hf_export(hf_dir: Path, params: dict, cfg: PretrainConfig):
+    """transformers loads both networks with no missing/unexpected keys and the same logits."""
+    transformers = pytest.importorskip("transformers")
+    ids = torch.tensor([[2, 10, 11, 12, 4, 13, 3, 0], [2, 20, 21, 4, 3, 0, 0, 0]])
+    mask = (ids != 0).long()
+    types = torch.zeros_like(ids)
+    for cls, sub in ((transformers.ElectraForPreTraining, "discriminator"),
+                     (transformers.ElectraForMaskedLM, "generator")):
+        net, info = cls.from_pretrained(str(hf_dir / sub), output_loading_info=True)
+        assert info["missing_keys"] in ([], set()), (sub, info)
+        assert info["unexpected_keys"] in ([], set()), (sub, info)
+        assert not info.get("mismatched_keys"), (sub, info)
+        net.eval()
+        with torch.no_grad():
+            got = net(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+            if sub == "discriminator":
+                want = model.discriminator_logits(params, ids, types, mask, cfg.model)
+            else:
+                want = model.generator_logits(params, ids, types, mask, cfg.model)
+        real = mask.bool()
+        torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
+    assert (hf_dir / "discriminator" / "tokenizer.model").is_file()
+
+
+def test_resume_is_exact(full_run, resumed_run):
+    out, _ = resumed_run
+    a = ckpt.load_checkpoint(full_run / "checkpoints" / "step_00000006.pt")
+    b = ckpt.load_checkpoint(out / "checkpoints" / "step_00000006.pt")
+    assert _trees_equal(a["params"], b["params"]), "resumed params differ"
+    assert _trees_equal(a["opt_state"], b["opt_state"]), "resumed optimizer state differs"
+    assert (a["step"], a["data_position"]) == (b["step"], b["data_position"])
+    drop = ("tokens_per_s", "elapsed_s", "eta_s")
+    ra = [{k: v for k, v in r.items() if k not in drop} for r in _rows(full_run / "metrics.jsonl")]
+    rb = [{k: v for k, v in r.items() if k not in drop} for r in _rows(out / "metrics.jsonl")]
+    assert ra == rb, "the resumed run logged different metrics"
+    assert _rows(full_run / "eval.jsonl") == _rows(out / "eval.jsonl")
+
+
+def test_plot_is_written(resumed_run):
+    out, r = resumed_run
+    png = out / "curves.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(png) in r.stdout
+
+
+# -- bad input -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory, full_run) -> dict:
+    """Every bad-input case, started at once; ``{case: (result, context)}``."""
+    root = tmp_path_factory.mktemp("bad")
+    cases: dict[str, tuple[list[str], dict]] = {}
+
+    def add(name, *extra, corpus=(CORPUS,), out=None, **ctx):
+        out = out or root / name / "run"
+        cases[name] = (_args(out, root / name / "cache", *extra, corpus=corpus, plot=False),
+                       dict(ctx, out=out))
+
+    missing = root / "no_such_dir" / "corpus.txt"
+    add("missing", "--steps", 2, corpus=(missing,), path=missing)
+
+    empty = root / "empty.txt"
+    empty.write_bytes(b"")
+    add("empty", "--steps", 2, corpus=(empty,), path=empty)
+
+    bad_utf8 = root / "latin1.txt"
+    bad_utf8.write_bytes("A first line.\nCaf\u00e9 au lait.\n".encode("latin-1"))
+    add("non_utf8", "--steps", 2, corpus=(bad_utf8,), path=bad_utf8)
+
+    def copy_run(name):
+        dst = root / name / "run"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", str(full_run), str(dst)], check=True)
+        return dst
+
+    corrupt_out = copy_run("corrupt")
+    corrupt = corrupt_out / "checkpoints" / "step_00000006.pt"
+    data = bytearray(corrupt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    add("corrupt", "--resume", out=corrupt_out, path=corrupt, bytes=bytes(data))
+
+    mismatch_out = copy_run("mismatch")
+    add("mismatch", "--resume", "--seq-len", 16, out=mismatch_out,
+        path=mismatch_out / "checkpoints" / "step_00000006.pt")
+
+    existing_out = copy_run("existing")
+    add("existing", "--steps", 2, out=existing_out, snapshot=_snapshot(existing_out))
+
+    # One case runs as a real process (the exit status itself); the others call main() in
+    # this process meanwhile, which skips ~4 s of importing torch per case.
+    name = "corrupt"
+    proc = subprocess.Popen(cases[name][0], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    results = {}
+    for other, (args, ctx) in cases.items():
+        if other != name:
+            results[other] = (_main_in_process(args), ctx)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+    results[name] = (subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
+                     cases[name][1])
+    return results
+
+
+def _main_in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """``main(argv)`` of the entry point with captured output, as a CompletedProcess."""
+    from experiments import pretrain_small
+
+    assert args[1:3] == ["-m", "experiments.pretrain_small"]
+    out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = pretrain_small.main(args[3:])
+    finally:
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
+
+
+def _bad(bad_runs, name):
+    r, ctx = bad_runs[name]
+    assert r.returncode == 2, f"exit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.stderr, ctx
+
+
+def test_missing_corpus(bad_runs):
+    err, ctx = _bad(bad_runs, "missing")
+    assert str(ctx["path"]) in err
+
+
+def test_empty_corpus_file(bad_runs):
+    err, ctx = _bad(bad_runs, "empty")
+    assert str(ctx["path"]) in err
+
+
+def test_non_utf8_corpus(bad_runs):
+    err, ctx = _bad(bad_runs, "non_utf8")
+    assert str(ctx["path"]) in err and "line 2" in err
+
+
+def test_resume_from_corrupted_checkpoint(bad_runs):
+    err, ctx = _bad(bad_runs, "corrupt")
+    assert str(ctx["path"]) in err
+    assert ctx["path"].read_bytes() == ctx["bytes"], "the corrupted checkpoint was modified"
+
+
+def test_resume_with_mismatched_flag(bad_runs):
+    err, ctx = _bad(bad_runs, "mismatch")
+    assert "seq_len" in err and "--seq-len 16" in err and str(ctx["path"]) in err
+
+
+def test_new_run_over_existing_checkpoints(bad_runs):
+    err, ctx = _bad(bad_runs, "existing")
+    assert "--resume" in err and "--overwrite" in err
+    assert _snapshot(ctx["out"]) == ctx["snapshot"], "files in --out were modified"
+
+
+def test_overwrite_replaces_the_old_runs_checkpoints(tmp_path, cache, resumed_run):
+    """--overwrite starts afresh: the new run's checkpoints are not pruned in favour of the
+    old run's later-step ones (which --resume would otherwise pick up)."""
+    out = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(resumed_run[0]), str(out)], check=True)
+    assert len(ckpt.list_checkpoints(out / "checkpoints")) == 2  # steps 3 and 6
+    r = _main_in_process(_args(out, cache, "--steps", 2, "--overwrite"))
+    _ok(r)
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step_00000002.pt"]
+    assert [row["step"] for row in _rows(out / "metrics.jsonl")] == [1, 2]
+    assert orjson.loads((out / "summary.json").read_bytes())["steps"] == 2
+
+
+# -- interruption --------------------------------------------------------------------------
+def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path, cache, full_run):
+    out = tmp_path / "run"
+    args = _args(out, cache, "--steps", 100_000, "--log-every", 1)
+    p = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.time() + 180
+        while not (metrics.exists() and metrics.read_bytes().strip()):
+            assert p.poll() is None, f"exited early: {p.communicate()}"
+            assert time.time() < deadline, "no metrics row within 180 s"
+            time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 130, f"exit {p.returncode}\n{stdout[-2000:]}\n{stderr[-2000:]}"
+    assert "stopped by SIGINT" in stdout
+    last = ckpt.latest_checkpoint(out / "checkpoints")
+    assert last is not None and str(last) in stdout
+    state = ckpt.load_checkpoint(last)
+    assert state["step"] >= 1 and int(state["opt_state"]["step"]) == state["step"]
+    assert f"at step {state['step']}" in stdout
+    assert not (out / "summary.json").exists()
