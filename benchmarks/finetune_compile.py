@@ -1,6 +1,7 @@
 """Eager vs torch.compile (static / dynamic shapes) for the GLUE fine-tuning step.
 
     python -m benchmarks.finetune_compile --preset small --widths 64,48 --steps 8 [--cold]
+        [--layers 2] [--threads 1]
 
 Each mode runs in a fresh process (``--cold``: with an empty inductor cache, which is what a
 fresh machine pays). Prints one row per mode and writes JSON to ``--out``: first-call time per
@@ -29,6 +30,8 @@ def _one_mode(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = ModelConfig.from_name(args.preset, vocab_size=args.vocab)
+    if args.layers:  # fewer layers: same per-layer work, a fraction of the compile time
+        cfg = cfg.replace(num_layers=args.layers)
     ft_cfg = FinetuneConfig()
     step = FT.compile_fn(FT.make_finetune_step(cfg, ft_cfg, 2, False, 1000), args.mode)
     params = FT.init_finetune(None, cfg, 2, 0)
@@ -71,7 +74,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--modes", default="eager,dynamic,static")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--layers", type=int, default=0, help="override num_layers (0: preset's)")
     p.add_argument("--cold", action="store_true", help="empty inductor cache per mode")
+    p.add_argument("--inductor-cache", default=None, help="TORCHINDUCTOR_CACHE_DIR to reuse")
     p.add_argument("--out", default=None)
     p.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # child process
     args = p.parse_args()
@@ -82,12 +87,12 @@ def main() -> None:
     for mode in args.modes.split(","):
         env = dict(os.environ)
         tmp = tempfile.mkdtemp(prefix="inductor-") if args.cold else None
-        if tmp:
-            env["TORCHINDUCTOR_CACHE_DIR"] = tmp
+        if tmp or args.inductor_cache:
+            env["TORCHINDUCTOR_CACHE_DIR"] = tmp or args.inductor_cache
         cmd = [sys.executable, "-m", "benchmarks.finetune_compile", "--mode", mode,
                "--preset", args.preset, "--vocab", str(args.vocab), "--batch-size",
                str(args.batch_size), "--widths", args.widths, "--steps", str(args.steps),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--layers", str(args.layers)]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if res.returncode != 0:
             print(res.stderr[-3000:], file=sys.stderr)

@@ -14,11 +14,13 @@ or shared machine slows them alike; each figure is the median over rounds.
 Variants (``--variants``, comma separated, or ``all``):
 
 * ``ours-{func,autograd}-{eager,compile,max-autotune,reduce-overhead}``: electra_fn's
-  ``make_train_step(grad_route=...)``, eager or ``torch.compile`` d in that mode
-  (``reduce-overhead`` = CUDA graphs). The whole step is compiled with ``fullgraph=True``; if
-  that fails (the autograd route calls ``torch.autograd.grad``), the failure is reported as its
-  own row and the step is compiled again with graph breaks allowed, which compiles the
-  forward/loss and the update as separate graphs.
+  ``make_train_step(grad_route=...)``, eager or compiled with ``torch.compile`` in that mode
+  (``compile`` = the default mode, ``reduce-overhead`` = CUDA graphs). The whole step is
+  compiled with ``fullgraph=True``; if that fails (dynamo does not trace the autograd route's
+  ``torch.autograd.grad`` by default), the failure is reported as its own row and the step is
+  compiled again: the autograd route first with ``torch._dynamo.config.trace_autograd_ops``
+  (``--autograd-compile auto``), then with graph breaks allowed, which compiles the
+  forward/loss and the update as separate graphs (the label says which one ran).
 * ``hf-{eager,compile,max-autotune,reduce-overhead}``: ``ElectraForMaskedLM`` (generator) +
   ``ElectraForPreTraining`` (discriminator) sharing one embedding module, our ``mask_batch``
   on the same noise, Gumbel-max sampling, MLM cross entropy at the masked positions of the
@@ -51,6 +53,7 @@ from pathlib import Path
 
 import orjson
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 
 from electra_fn import flops as flopslib
@@ -256,8 +259,10 @@ class OursRunner:
     """electra_fn's pure ``train_step`` carrying (params, opt_state) from step to step."""
 
     def __init__(self, cfg: PretrainConfig, params: dict, device: torch.device,
-                 amp_dtype: torch.dtype | None, route: str, mode: str, fullgraph: bool = True):
+                 amp_dtype: torch.dtype | None, route: str, mode: str, fullgraph: bool = True,
+                 dynamo_config: dict | None = None):
         self.route, self.mode, self.fullgraph = route, mode, fullgraph
+        self.dynamo_config = dict(dynamo_config or {})
         step = make_train_step(cfg, amp_dtype=amp_dtype, device_type=device.type,
                                grad_route=route)
         if mode != "eager":
@@ -271,7 +276,11 @@ class OursRunner:
     def step(self, batch: dict, key: torch.Tensor) -> dict:
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
-        self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, batch, key)
+        ctx = (torch._dynamo.config.patch(**self.dynamo_config) if self.dynamo_config
+               else contextlib.nullcontext())
+        with ctx:
+            self.params, self.opt_state, metrics = self._step(self.params, self.opt_state,
+                                                              batch, key)
         return metrics
 
 
@@ -450,11 +459,14 @@ def time_round(v: Variant, batch: dict, steps: int, device: torch.device) -> flo
 
 
 def build_variant(name: str, cfg: PretrainConfig, params: dict, device: torch.device,
-                  amp_dtype, batch: dict, warmup: int, log) -> tuple[list[Variant], list[dict]]:
+                  amp_dtype, batch: dict, warmup: int, log, autograd_compile: str = "auto"
+                  ) -> tuple[list[Variant], list[dict]]:
     """Build ``name``, time its first call (compilation) and warm it up.
 
-    Returns the working variants and failure rows; the autograd route's fullgraph compile
-    failing adds a failure row and retries with graph breaks allowed.
+    Returns the working variant and failure rows: a compiled step of ours whose fullgraph
+    compile fails adds a failure row and is retried (the autograd route first with
+    ``torch._dynamo.config.trace_autograd_ops``, unless ``autograd_compile="breaks"``), last
+    with graph breaks allowed, which compiles the forward/loss and the update separately.
     """
     impl, route, mode = parse_variant(name)
     # Keys are CPU tensors; CUDA graphs would skip a graph with a CPU input, so a compiled
@@ -462,15 +474,20 @@ def build_variant(name: str, cfg: PretrainConfig, params: dict, device: torch.de
     # of compiled code works on any device).
     keys_device = device if (mode == "reduce-overhead" and impl == "ours") else torch.device(
         "cpu")
-    # (label, fullgraph): a compiled step of ours first as one graph, then with graph breaks.
-    attempts = [(name, True)]
+    # (label, fullgraph, dynamo config): a compiled step of ours first as one graph; the
+    # autograd route then with dynamo tracing torch.autograd.grad, then with graph breaks.
+    attempts = [(name, True, {})]
     if impl == "ours" and mode != "eager":
-        attempts.append((f"{name} (graph breaks)", False))
+        if route == "autograd" and autograd_compile == "auto" and hasattr(
+                torch._dynamo.config, "trace_autograd_ops"):
+            attempts.append((f"{name} (trace_autograd_ops)", True, {"trace_autograd_ops": True}))
+        attempts.append((f"{name} (graph breaks)", False, {}))
     failures = []
-    for i, (label, fullgraph) in enumerate(attempts):
+    for i, (label, fullgraph, dynamo_config) in enumerate(attempts):
         try:
             if impl == "ours":
-                runner = OursRunner(cfg, params, device, amp_dtype, route, mode, fullgraph)
+                runner = OursRunner(cfg, params, device, amp_dtype, route, mode, fullgraph,
+                                    dynamo_config)
             else:
                 runner = HFPeer(cfg, params, device, amp_dtype, mode)
             v = Variant(label, runner, keys_device)
@@ -595,6 +612,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                          f"(default on CPU: {', '.join(CPU_DEFAULT)}; on GPU also "
                          "ours-func-max-autotune, ours-func-reduce-overhead)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here (orjson)")
+    ap.add_argument("--autograd-compile", default="auto", choices=("auto", "breaks"),
+                    help="when the autograd route's fullgraph compile fails: try dynamo's "
+                         "trace_autograd_ops first (auto) or go straight to graph breaks")
+    ap.add_argument("--md", type=Path, default=None,
+                    help="also write the printed report (Markdown) here")
     ap.add_argument("--profile", action="store_true",
                     help="profile the fastest of ours and HF eager: top ops + Chrome trace")
     ap.add_argument("--profile-variants", default=None,
@@ -670,11 +692,14 @@ def main(argv=None) -> dict:
     failures: list[dict] = []
     for name in args.variant_names:
         got, failed = build_variant(name, cfg, params, device, amp_dtype, batch, args.warmup,
-                                    log)
+                                    log, args.autograd_compile)
         variants += got
         failures += failed
 
+    peak_rounds = [peak["flops"]]
     for r in range(args.rounds):
+        # The peak is re-measured every round too, so MFU sees the same machine load.
+        peak_rounds.append(measure_peak(device, amp_dtype, args.peak_seconds / 2)["flops"])
         order = variants[r % len(variants):] + variants[:r % len(variants)] if variants else []
         for v in order:
             reset_peak_memory(device)
@@ -685,7 +710,7 @@ def main(argv=None) -> dict:
                 v.peak_mb.append(mem)
             log(f"round {r + 1}/{args.rounds} {v.name}: {1000 * s:.1f} ms/step")
 
-    measured_peak = peak["flops"]
+    measured_peak = statistics.median(peak_rounds)
     nominal = nominal_peak(device, amp_dtype)
     rows = []
     for v in variants:
@@ -737,15 +762,23 @@ def main(argv=None) -> dict:
               f"TFLOP/s and MFU use the useful analytic count for every row "
               f"({ours_flops['total'] / 1e9:.1f} GFLOP/step, vocabulary logits at the "
               f"{cfg.max_predictions} masked slots; HF executes {hf_flops['total'] / 1e9:.1f}). "
-              f"Measured peak {measured_peak / 1e12:.3f} TFLOP/s ({peak['matmul']}).")
-    print(header)
-    print()
-    print(table)
+              f"Measured peak {measured_peak / 1e12:.3f} TFLOP/s ({peak['matmul']}, median "
+              f"over the run).")
+    report = [header, "", table]
     if fastest:
-        print(f"\nFastest of ours: {fastest}")
+        report += ["", f"Fastest of ours: {fastest}"]
+    if check:
+        report += ["", "FLOP check (FlopCounterMode, one eager step at batch "
+                   f"{check['batch_size']}): " + "; ".join(
+                       f"{impl} counted {check[impl]['counted'] / 1e9:.3f} G vs analytic "
+                       f"{check[impl]['analytic'] / 1e9:.3f} G ({check[impl]['rel_err']:.2%})"
+                       for impl in ("ours", "hf"))]
+    if failures:
+        report += [""] + [f"Failure, {f['variant']}: {f['error']}" for f in failures]
     for p in profiles:
-        print()
-        print(profile_table(p))
+        report += ["", profile_table(p)]
+    report_md = "\n".join(report)
+    print(report_md)
 
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -761,12 +794,14 @@ def main(argv=None) -> dict:
                   "note": "tokens/s, tflops and mfu of every row use flops.ours.total (useful); "
                           "HF's executed count includes vocabulary logits at every position"},
         "flop_check": check,
-        "peak": {"measured_flops": measured_peak, **peak, "nominal_flops": nominal},
+        "peak": {**peak, "measured_flops": measured_peak, "measured_flops_rounds": peak_rounds,
+                 "nominal_flops": nominal},
         "rows": rows,
         "failures": failures,
         "fastest_ours": fastest,
         "profiles": profiles,
         "table_md": header + "\n\n" + table,
+        "report_md": report_md,
         "wall_s": time.time() - started,
     }
     if args.json:
@@ -774,6 +809,10 @@ def main(argv=None) -> dict:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2
                                            | orjson.OPT_SERIALIZE_NUMPY))
         log(f"wrote {args.json}")
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(report_md + "\n")
+        log(f"wrote {args.md}")
     return result
 
 

@@ -118,16 +118,16 @@ def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_label
     if total_steps < 1:
         raise ValueError(f"total_steps={total_steps} must be >= 1")
     warmup = num_warmup_steps(total_steps, ft_cfg.warmup_fraction)
-    # Python constants, computed once from the tree's paths (the first call's structure).
-    static: dict = {}
 
     def loss_fn(ft_params, batch, key):
         return task_loss(ft_params, batch, key, model_cfg, is_regression)
 
     def step(ft_params: Params, opt_state: dict, batch: Batch, key: torch.Tensor):
-        if not static:
-            static["lr_scale"] = finetune_lr_scales(ft_params, model_cfg, ft_cfg)
-            static["decay_mask"] = optim.default_decay_mask(ft_params)
+        # Python constants from the tree's paths: recomputed each call (~1 ms eagerly; folded
+        # away when compiled). Caching them in a closure dict would make the second compiled
+        # call fail its guards and recompile.
+        lr_scale = finetune_lr_scales(ft_params, model_cfg, ft_cfg)
+        decay_mask = optim.default_decay_mask(ft_params)
         grads, (loss, metrics) = grad_and_value(loss_fn, has_aux=True)(ft_params, batch, key)
         grads, gnorm = optim.clip_by_global_norm(grads, ft_cfg.clip_norm)
         step_t = opt_state["step"]
@@ -136,7 +136,7 @@ def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_label
         new_params, new_adam = optim.adamw_update(
             ft_params, grads, opt_state["adam"], lr, b1=ft_cfg.adam_b1, b2=ft_cfg.adam_b2,
             eps=ft_cfg.adam_eps, weight_decay=ft_cfg.weight_decay,
-            decay_mask=static["decay_mask"], lr_scale=static["lr_scale"])
+            decay_mask=decay_mask, lr_scale=lr_scale)
         metrics = dict(metrics, grad_norm=gnorm.detach(), lr=lr.detach())
         return new_params, {"adam": new_adam, "step": step_t + 1}, metrics
 
@@ -186,9 +186,10 @@ def cached_predict(model_cfg: ModelConfig, mode: CompileMode) -> Callable:
 
 
 def default_compile_mode(device: str | torch.device) -> CompileMode:
-    """The faster mode by measurement (benchmarks in the GLUE report): eager on CPU, where
-    compile time outweighs the gain at GLUE sizes; static shapes on accelerators."""
-    return "eager" if torch.device(device).type == "cpu" else "static"
+    """Eager on CPU: measured (benchmarks/finetune_compile.py), inductor's compile takes
+    longer than it saves at GLUE sizes, and static shapes would compile once per padded width
+    (up to 2 * max_len / 8 graphs). Elsewhere one dynamic-shape graph (not yet measured)."""
+    return "eager" if torch.device(device).type == "cpu" else "dynamic"
 
 
 def pad_multiple_for(mode: CompileMode) -> int:
@@ -370,6 +371,39 @@ def results_markdown(medians: dict[str, float], num_seeds: dict[str, int],
     return "\n".join(lines) + "\n"
 
 
+def write_submission(out_dir: str | Path, task: str | TaskSpec, run: dict,
+                     splits: dict[str, EncodedSplit]) -> dict[str, str]:
+    """Write ``run``'s test predictions as GLUE submission files (``out_dir/CoLA.tsv``, ...,
+    ``MNLI-m.tsv``/``MNLI-mm.tsv``), indexed by the test files' own ids."""
+    from .data.glue import submission_filename, write_predictions
+
+    spec = get_task(task)
+    files = {}
+    for split, preds in run["test_predictions"].items():
+        path = Path(out_dir) / submission_filename(spec, split)
+        write_predictions(path, spec, preds, indices=splits[split].columns["guid"])
+        files[split] = str(path)
+    return files
+
+
+def collect_results(out_dir: str | Path) -> tuple[dict[str, float], dict[str, int]]:
+    """(median main metric, number of seeds) of every ``<task>.json`` in ``out_dir``, so
+    tasks run by separate invocations share one results table."""
+    import orjson
+
+    medians, seeds = {}, {}
+    for path in sorted(Path(out_dir).glob("*.json")):
+        try:
+            r = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(r, dict) and path.stem in PUBLISHED_SMALL_OWT.keys() | {"wnli"} and \
+                r.get("task") == path.stem and "main_median" in r:
+            medians[r["task"]] = float(r["main_median"])
+            seeds[r["task"]] = len(r.get("seeds", []))
+    return medians, seeds
+
+
 # -- checkpoints and tokenizers -----------------------------------------------------------
 def resolve_checkpoint(directory: str | Path) -> Path:
     """``DIR/hf/discriminator`` (our pre-training output), else ``DIR/discriminator``, else
@@ -465,4 +499,5 @@ __all__ = [
     "steps_per_epoch", "subsample", "predict_split", "evaluate", "train", "run_seed",
     "summarize_seeds", "best_seed_index", "results_markdown", "resolve_checkpoint",
     "tokenizer_file", "load_finetune_inputs", "max_len_for", "aggregate_results",
+    "write_submission", "collect_results",
 ]

@@ -62,8 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch CPU threads (default: torch's). On a CPU shared with other "
                    "jobs, 1 can be several times faster than oversubscribed threads")
     p.add_argument("--compile", default="auto", choices=("auto", "eager", "static", "dynamic"),
-                   help="auto: eager on CPU (faster there once compile time counts), static "
-                   "shapes (padded to multiples of 8) on GPU")
+                   help="auto: eager on CPU (faster there once compile time counts), one "
+                   "dynamic-shape graph on GPU; static: one graph per batch shape, widths "
+                   "padded to multiples of 8")
     p.add_argument("--no-compile", action="store_true", help="same as --compile eager")
     p.add_argument("--strict", action="store_true", help="fail on malformed rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -104,6 +105,13 @@ def _report_skipped(splits) -> None:
                   f"{', ...' if len(s.skipped) > 3 else ''}", file=sys.stderr)
 
 
+def _write_table(out: Path, title: str) -> None:
+    from electra_fn import finetune as FT
+    medians, num_seeds = FT.collect_results(out)  # includes tasks of earlier runs into OUT
+    (out / "results.md").write_text(FT.results_markdown(medians, num_seeds, title),
+                                    encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch  # after argparse: --help stays fast
@@ -113,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from electra_fn import finetune as FT
     from electra_fn.config import FinetuneConfig
-    from electra_fn.data.glue import (get_task, load_task, submission_filename, task_dir,
-                                      write_predictions)
+    from electra_fn.data.glue import get_task, load_task, task_dir
+    from electra_fn.metrics import main_metric
     from electra_fn.hf import CheckpointError
 
     bad_input = (FileNotFoundError, NotADirectoryError, CheckpointError, ValueError)
@@ -149,10 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     init = "random init" if args.from_scratch else ckpt_info["checkpoint"]
-    print(f"model {model_cfg.name}: {init}; tokenizer {ckpt_info['tokenizer']} (vocab {tokenizer.vocab_size}); device "
-          f"{args.device}, {mode}; seeds {seeds}", file=sys.stderr)
+    print(f"model {model_cfg.name}: {init}; tokenizer {ckpt_info['tokenizer']} (vocab "
+          f"{tokenizer.vocab_size}); device {args.device}, {mode}; seeds {seeds}",
+          file=sys.stderr)
+    title = "GLUE dev results" + (" (from scratch)" if args.from_scratch else "")
+    if args.max_train_examples is not None:
+        title += f" (train subsample ≤ {args.max_train_examples} examples)"
 
-    medians, num_seeds, done = {}, {}, []
+    done = []
     for task in present:
         spec = get_task(task)
         try:
@@ -181,17 +193,13 @@ def main(argv: list[str] | None = None) -> int:
                 run = FT.run_seed(params, model_cfg, splits, spec, ft_cfg.replace(seed=seed),
                                   seed, compile_mode=mode, device=args.device,
                                   progress=progress)
-            main = FT.main_metric(spec.name)
+            main = main_metric(spec.name)
             print(f"{spec.name} seed {seed}: {main} {100 * run['metrics'][main]:.2f} "
                   f"({run['wall_s']:.0f} s)", file=sys.stderr)
             runs.append(run)
         result = FT.aggregate_results(spec.name, runs)
         best = FT.best_seed_index([r["metrics"] for r in runs], spec)
-        submission = {}
-        for split, preds in runs[best]["test_predictions"].items():
-            path = write_predictions(out / "submission" / submission_filename(spec, split),
-                                     spec, preds, indices=splits[split].columns["guid"])
-            submission[split] = str(path)
+        submission = FT.write_submission(out / "submission", spec, runs[best], splits)
         n_train = len(splits["train"])
         result.update(
             wall_s=time.perf_counter() - t_task,
@@ -209,19 +217,14 @@ def main(argv: list[str] | None = None) -> int:
             / (len(runs) * epochs * n_train))
         (out / f"{spec.name}.json").write_bytes(
             orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-        medians[spec.name] = result["main_median"]
-        num_seeds[spec.name] = len(runs)
         done.append(spec.name)
+        _write_table(out, title)
         print(f"{spec.name}: median {result['main_metric']} {100 * result['main_median']:.2f} "
               f"over {len(runs)} seed(s); submission from seed {runs[best]['seed']} (best dev)",
               file=sys.stderr)
 
-    title = "GLUE dev results" + (" (from scratch)" if args.from_scratch else "")
-    if args.max_train_examples is not None:
-        title += f" (train subsample ≤ {args.max_train_examples} examples)"
-    (out / "results.md").write_text(FT.results_markdown(medians, num_seeds, title),
-                                    encoding="utf-8")
-    print(f"wrote {out / 'results.md'} ({len(done)} task(s)); submissions in "
+    _write_table(out, title)
+    print(f"wrote {out / 'results.md'} ({len(done)} task(s) run now); submissions in "
           f"{out / 'submission'}", file=sys.stderr)
     return 0
 

@@ -173,6 +173,8 @@ def _compare_eager_compiled(backend: str, with_predict: bool):
     with rnglib.counter_based():  # eager draws dropout from the compiled stream
         eager_out = make()(params, state, batch, FT.finetune_key(0, 10))
     comp_out = compiled(params, state, batch, FT.finetune_key(0, 10))
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a second step reuses the graph
+        compiled(*comp_out[:2], batch, FT.finetune_key(0, 11))
     torch.testing.assert_close(comp_out[2], eager_out[2], rtol=1e-4, atol=1e-5)
     for a, b in zip(tree_leaves(comp_out[:2]), tree_leaves(eager_out[:2])):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
