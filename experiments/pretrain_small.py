@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4)")
     p.add_argument("--warmup", type=int, default=None,
-                   help="warmup steps (default: 10000 for the full recipe, 1%% of the steps "
-                        "(at least 10) for shorter runs)")
+                   help="warmup steps (default: 10000 for the full recipe, max(1000, 1%% of the "
+                        "steps) for shorter runs)")
     p.add_argument("--vocab-size", type=int, default=None,
                    help="tokenizer vocabulary (default: the preset's, capped by the corpus)")
     p.add_argument("--out", default="runs/pretrain_small")
@@ -294,8 +294,11 @@ def run(args: argparse.Namespace) -> int:
                                         time.time() - t_start, log)
             if args.steps:
                 total = min(total, args.steps)
+        # The original AdamW has no bias correction: for ~1/(1-b2) = 1000 steps its update
+        # m/sqrt(v) is several times lr. The paper's 10k warmup covers that; shorter runs keep
+        # at least 1000 warmup steps (measured: a 10-step warmup collapsed the discriminator).
         warmup = args.warmup if args.warmup is not None else (
-            10_000 if total >= 1_000_000 else max(10, total // 100))
+            10_000 if total >= 1_000_000 else max(1_000, total // 100))
         cfg = provisional.replace(total_steps=total, warmup_steps=min(warmup, total))
         run_info = {"preset": preset, "corpus": [str(c) for c in corpus], "valid": valid_spec,
                     "device": str(device), "amp": str(amp), "compile": use_compile,
