@@ -426,6 +426,7 @@ class Variant:
         self.name, self.runner, self.keys_device = name, runner, keys_device
         self.calls = 0
         self.round_s: list[float] = []
+        self.round_cpu_s: list[float] = []  # process CPU seconds per step (CPU runs)
         self.peak_mb: list[float] = []
         self.first_call_s = self.warmup_s = None
         self.last_metrics: dict = {}
@@ -441,8 +442,14 @@ class Variant:
 
 
 def time_round(v: Variant, batch: dict, steps: int, device: torch.device) -> float:
-    """Seconds per step over ``steps`` steps (CUDA events on GPU, wall clock on CPU)."""
+    """Seconds per step over ``steps`` steps (CUDA events on GPU, wall clock on CPU).
+
+    Also records the process CPU time per step: on CPU, wall time well above CPU time /
+    threads means the round was slowed by other work on the machine (or the process was
+    paused), which the round-robin medians are there to absorb.
+    """
     keys = [v.key() for _ in range(steps)]  # made before timing
+    cpu0 = time.process_time()
     if device.type == "cuda":
         start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
         _sync(device)
@@ -451,11 +458,14 @@ def time_round(v: Variant, batch: dict, steps: int, device: torch.device) -> flo
             v.last_metrics = v.runner.step(batch, k)
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1000 / steps
-    t0 = time.perf_counter()
-    for k in keys:
-        v.last_metrics = v.runner.step(batch, k)
-    return (time.perf_counter() - t0) / steps
+        seconds = start.elapsed_time(end) / 1000 / steps
+    else:
+        t0 = time.perf_counter()
+        for k in keys:
+            v.last_metrics = v.runner.step(batch, k)
+        seconds = (time.perf_counter() - t0) / steps
+    v.round_cpu_s.append((time.process_time() - cpu0) / steps)
+    return seconds
 
 
 def build_variant(name: str, cfg: PretrainConfig, params: dict, device: torch.device,
@@ -708,7 +718,8 @@ def main(argv=None) -> dict:
             mem = peak_memory_mb(device)
             if mem is not None:
                 v.peak_mb.append(mem)
-            log(f"round {r + 1}/{args.rounds} {v.name}: {1000 * s:.1f} ms/step")
+            log(f"round {r + 1}/{args.rounds} {v.name}: {1000 * s:.1f} ms/step "
+                f"(process CPU {1000 * v.round_cpu_s[-1]:.1f} ms/step)")
 
     measured_peak = statistics.median(peak_rounds)
     nominal = nominal_peak(device, amp_dtype)
@@ -723,6 +734,7 @@ def main(argv=None) -> dict:
             "implementation": "hf" if is_hf else "ours",
             "ms_per_step": 1000 * s,
             "ms_per_step_rounds": [1000 * x for x in v.round_s],
+            "cpu_ms_per_step_rounds": [1000 * x for x in v.round_cpu_s],
             "tokens_per_s": tps,
             "tflops": achieved / 1e12,
             "executed_flops_per_step": (hf_flops if is_hf else ours_flops)["total"],
