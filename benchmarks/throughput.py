@@ -18,9 +18,9 @@ Variants (``--variants``, comma separated, or ``all``):
   (``compile`` = the default mode, ``reduce-overhead`` = CUDA graphs). The whole step is
   compiled with ``fullgraph=True``; if that fails (dynamo does not trace the autograd route's
   ``torch.autograd.grad`` by default), the failure is reported as its own row and the step is
-  compiled again: the autograd route first with ``torch._dynamo.config.trace_autograd_ops``
-  (``--autograd-compile auto``), then with graph breaks allowed, which compiles the
-  forward/loss and the update as separate graphs (the label says which one ran).
+  compiled again with graph breaks allowed, which compiles the forward/loss and the update as
+  separate graphs (``--autograd-compile trace`` first tries dynamo's ``trace_autograd_ops``);
+  the label says which one ran.
 * ``hf-{eager,compile,max-autotune,reduce-overhead}``: ``ElectraForMaskedLM`` (generator) +
   ``ElectraForPreTraining`` (discriminator) sharing one embedding module, our ``mask_batch``
   on the same noise, Gumbel-max sampling, MLM cross entropy at the masked positions of the
@@ -45,6 +45,7 @@ import datetime
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -469,14 +470,14 @@ def time_round(v: Variant, batch: dict, steps: int, device: torch.device) -> flo
 
 
 def build_variant(name: str, cfg: PretrainConfig, params: dict, device: torch.device,
-                  amp_dtype, batch: dict, warmup: int, log, autograd_compile: str = "auto"
+                  amp_dtype, batch: dict, warmup: int, log, autograd_compile: str = "breaks"
                   ) -> tuple[list[Variant], list[dict]]:
     """Build ``name``, time its first call (compilation) and warm it up.
 
     Returns the working variant and failure rows: a compiled step of ours whose fullgraph
-    compile fails adds a failure row and is retried (the autograd route first with
-    ``torch._dynamo.config.trace_autograd_ops``, unless ``autograd_compile="breaks"``), last
-    with graph breaks allowed, which compiles the forward/loss and the update separately.
+    compile fails adds a failure row and is retried (with ``autograd_compile="trace"`` the
+    autograd route first with ``torch._dynamo.config.trace_autograd_ops``), last with graph
+    breaks allowed, which compiles the forward/loss and the update separately.
     """
     impl, route, mode = parse_variant(name)
     # Keys are CPU tensors; CUDA graphs would skip a graph with a CPU input, so a compiled
@@ -488,7 +489,7 @@ def build_variant(name: str, cfg: PretrainConfig, params: dict, device: torch.de
     # autograd route then with dynamo tracing torch.autograd.grad, then with graph breaks.
     attempts = [(name, True, {})]
     if impl == "ours" and mode != "eager":
-        if route == "autograd" and autograd_compile == "auto" and hasattr(
+        if route == "autograd" and autograd_compile == "trace" and hasattr(
                 torch._dynamo.config, "trace_autograd_ops"):
             attempts.append((f"{name} (trace_autograd_ops)", True, {"trace_autograd_ops": True}))
         attempts.append((f"{name} (graph breaks)", False, {}))
@@ -622,9 +623,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                          f"(default on CPU: {', '.join(CPU_DEFAULT)}; on GPU also "
                          "ours-func-max-autotune, ours-func-reduce-overhead)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here (orjson)")
-    ap.add_argument("--autograd-compile", default="auto", choices=("auto", "breaks"),
-                    help="when the autograd route's fullgraph compile fails: try dynamo's "
-                         "trace_autograd_ops first (auto) or go straight to graph breaks")
+    ap.add_argument("--autograd-compile", default="breaks", choices=("breaks", "trace"),
+                    help="when the autograd route's fullgraph compile fails: recompile with "
+                         "graph breaks, or first try dynamo's trace_autograd_ops (trace; "
+                         "experimental, did not finish compiling within minutes on CPU)")
     ap.add_argument("--md", type=Path, default=None,
                     help="also write the printed report (Markdown) here")
     ap.add_argument("--profile", action="store_true",
@@ -763,7 +765,8 @@ def main(argv=None) -> dict:
                   if args.profile_variants else [fastest, "hf-eager"])
         for v in variants:
             if v.name in wanted:
-                trace = args.trace_dir / f"trace-{v.name.replace(' ', '_')}.json"
+                slug = re.sub(r"[^A-Za-z0-9_-]+", "_", v.name).strip("_")
+                trace = args.trace_dir / f"trace-{slug}.json.gz"
                 profiles.append(profile_variant(v, batch, device, args.profile_steps, trace,
                                                 args.profile_top))
 
