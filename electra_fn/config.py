@@ -152,6 +152,9 @@ class PretrainConfig:
     adam_b1: float = 0.9
     adam_b2: float = 0.999
     adam_eps: float = 1e-6
+    # The original's Adam has no bias correction; True uses torch.optim.AdamW's corrected step
+    # (for short runs whose warmup cannot absorb the uncorrected early steps; see optim.py).
+    adam_bias_correction: bool = False
     clip_norm: float = 1.0
     mask_prob: float = 0.15
     disc_weight: float = 50.0
@@ -223,6 +226,8 @@ class FinetuneConfig:
     adam_b1: float = 0.9
     adam_b2: float = 0.999
     adam_eps: float = 1e-6
+    # The original fine-tunes with the same uncorrected Adam; True uses the corrected step.
+    adam_bias_correction: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -136,7 +136,8 @@ def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_label
         new_params, new_adam = optim.adamw_update(
             ft_params, grads, opt_state["adam"], lr, b1=ft_cfg.adam_b1, b2=ft_cfg.adam_b2,
             eps=ft_cfg.adam_eps, weight_decay=ft_cfg.weight_decay,
-            decay_mask=decay_mask, lr_scale=lr_scale)
+            decay_mask=decay_mask, lr_scale=lr_scale,
+            bias_correction_step=step_t + 1 if ft_cfg.adam_bias_correction else None)
         metrics = dict(metrics, grad_norm=gnorm.detach(), lr=lr.detach())
         return new_params, {"adam": new_adam, "step": step_t + 1}, metrics
 

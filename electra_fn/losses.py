@@ -48,6 +48,31 @@ def rtd_loss(logits_BxL: torch.Tensor, is_replaced_BxL: torch.Tensor,
     }
 
 
+def rtd_auc(logits_BxL: torch.Tensor, is_replaced_BxL: torch.Tensor,
+            attention_mask_BxL: torch.Tensor) -> torch.Tensor:
+    """Area under the ROC curve of the discriminator over the non-padding tokens (0-d).
+
+    P(a replaced token scores above an original one), ties counting one half: the
+    Mann-Whitney statistic, from one sort of the original tokens' logits. Threshold-free, so
+    it shows a discriminator learning to rank before its replaced-token accuracy (which needs
+    p > 0.5) moves. 0.5 when either class is empty.
+    """
+    logits_N = logits_BxL.detach().to(torch.float32).reshape(-1)
+    real_N = attention_mask_BxL.reshape(-1).to(torch.bool)
+    pos_N = is_replaced_BxL.reshape(-1).to(torch.bool) & real_N
+    neg_N = ~is_replaced_BxL.reshape(-1).to(torch.bool) & real_N
+    inf = torch.full_like(logits_N, float("inf"))
+    neg_sorted_N = torch.sort(torch.where(neg_N, logits_N, inf)).values
+    below = torch.searchsorted(neg_sorted_N, logits_N, side="left").to(torch.float32)
+    at_or_below = torch.searchsorted(neg_sorted_N, logits_N, side="right").to(torch.float32)
+    wins_N = below + 0.5 * (at_or_below - below)
+    n_pos = pos_N.to(torch.float32).sum()
+    n_neg = neg_N.to(torch.float32).sum()
+    u = torch.where(pos_N, wins_N, torch.zeros_like(wins_N)).sum()
+    return torch.where(n_pos * n_neg > 0, u / (n_pos * n_neg).clamp(min=1.0),
+                       torch.full_like(u, 0.5))
+
+
 def electra_loss(mlm: torch.Tensor, rtd: torch.Tensor, disc_weight: float = 50.0,
                  gen_weight: float = 1.0) -> torch.Tensor:
     """gen_weight * MLM + disc_weight * RTD (paper section 3: lambda = 50; original disc_weight)."""

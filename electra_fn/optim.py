@@ -34,11 +34,17 @@ def _flat_options(options: Tree | None, n: int, default: Any, name: str) -> list
 def adamw_update(params: Tree, grads: Tree, state: dict, lr: torch.Tensor, *,
                  b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
                  weight_decay: float = 0.01, decay_mask: Tree | None = None,
-                 lr_scale: Tree | None = None) -> tuple[Tree, dict]:
+                 lr_scale: Tree | None = None,
+                 bias_correction_step: torch.Tensor | None = None) -> tuple[Tree, dict]:
     """One step of AdamWeightDecayOptimizer: Adam without bias correction, decoupled decay.
 
     m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;  u = m / (sqrt(v) + eps) [+ wd p];
-    p = p - lr * scale * u. ``decay_mask`` (bools) and ``lr_scale`` (floats) are trees like
+    p = p - lr * scale * u. With ``bias_correction_step`` t (a 0-d tensor, 1 for the first
+    update) the step is Adam's bias-corrected one instead, u = m̂ / (sqrt(v̂) + eps) with
+    m̂ = m / (1 - b1^t), v̂ = v / (1 - b2^t), which is what ``torch.optim.AdamW`` computes.
+    Without it (the original), m / sqrt(v) is up to ~3x larger than m̂ / sqrt(v̂) in the
+    first few hundred steps, which the original's 10,000-step warmup absorbs.
+    ``decay_mask`` (bools) and ``lr_scale`` (floats) are trees like
     ``params`` of Python constants, or None for "decay everything" / "scale 1". Every leaf
     of ``grads`` must be a tensor (the original skips None grads; we never produce them).
     Moments are float32 (from :func:`adamw_init`); the new params keep each param's dtype.
@@ -59,7 +65,15 @@ def adamw_update(params: Tree, grads: Tree, state: dict, lr: torch.Tensor, *,
     m_new = torch._foreach_add(torch._foreach_mul(m_leaves, b1), g_leaves, alpha=1.0 - b1)
     v_new = torch._foreach_addcmul(torch._foreach_mul(v_leaves, b2), g_leaves, g_leaves,
                                    value=1.0 - b2)
-    update = torch._foreach_div(m_new, torch._foreach_add(torch._foreach_sqrt(v_new), eps))
+    if bias_correction_step is None:
+        update = torch._foreach_div(m_new, torch._foreach_add(torch._foreach_sqrt(v_new), eps))
+    else:
+        t = bias_correction_step.to(p_math[0].dtype if n else torch.float32)
+        c1 = 1.0 / (1.0 - torch.pow(b1, t))
+        c2 = torch.rsqrt(1.0 - torch.pow(b2, t))
+        update = torch._foreach_div(
+            torch._foreach_mul(m_new, c1),
+            torch._foreach_add(torch._foreach_mul(torch._foreach_sqrt(v_new), c2), eps))
     # "if self.weight_decay_rate > 0: update += weight_decay_rate * param" (decoupled decay).
     decayed = [i for i in range(n) if decay[i]] if weight_decay > 0 else []
     if decayed:

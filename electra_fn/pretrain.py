@@ -91,6 +91,8 @@ def electra_forward(params: Params, batch: Batch, key: torch.Tensor, cfg: Pretra
         "masked_tokens": mb["weights_BxP"].sum().detach(),
         "tokens": n_real.detach(),
     }
+    if not train:
+        metrics["disc_auc"] = losses.rtd_auc(disc_logits_BxL, fake["is_replaced_BxL"], mask_BxL)
     return loss, metrics
 
 
@@ -138,7 +140,8 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
         new_params, new_adam = optim.adamw_update(
             params, grads, opt_state["adam"], lr, b1=cfg.adam_b1, b2=cfg.adam_b2,
             eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
-            decay_mask=decay_mask)
+            decay_mask=decay_mask,
+            bias_correction_step=step + 1 if cfg.adam_bias_correction else None)
         finite = torch.isfinite(loss) & torch.isfinite(gnorm)
         new_params = _where_tree(finite, new_params, params)
         new_adam = _where_tree(finite, new_adam, opt_state["adam"])

@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-extra-decay-factor", action="store_true",
                    help="drop the original's extra layer-decay factor (removed pooler)")
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--bias-correction", action="store_true",
+                   help="bias-corrected Adam (torch.optim.AdamW's step) instead of the "
+                        "original's uncorrected one")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's). On a CPU shared with other "
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         ft_cfg = FinetuneConfig(learning_rate=args.lr, layer_decay=args.layer_decay,
                                 extra_decay_factor=not args.no_extra_decay_factor,
                                 weight_decay=args.weight_decay, batch_size=args.batch_size,
+                                adam_bias_correction=args.bias_correction,
                                 max_len=args.max_len, epochs=args.epochs,
                                 seed=args.first_seed)
         present = []

@@ -37,6 +37,34 @@ EXIT_BAD_INPUT = 2
 CPU_DEFAULT_BUDGET_S = 15 * 60
 CPU_DEFAULT_BATCH = 16
 EVAL_BATCHES = 8
+# Runs shorter than this use bias-corrected Adam and a 10% warmup (see main()).
+SHORT_RUN_STEPS = 100_000
+
+
+def default_lr(batch_size: int) -> float:
+    """The paper's 5e-4 at batch 128, scaled by sqrt(batch / 128) for other batch sizes."""
+    return 5e-4 * math.sqrt(batch_size / 128)
+
+
+def schedule_defaults(total_steps: int, warmup: int | None = None,
+                      bias_correction: bool | None = None) -> tuple[int, bool]:
+    """(warmup steps, bias-corrected Adam?) for a run of ``total_steps``; explicit values win.
+
+    The original Adam has no bias correction: for the first ~1/(1-b2) = 1000 steps its update
+    m/sqrt(v) is up to ~3x (4.5x at step 50) the bias-corrected one. The paper's 10k-step
+    warmup absorbs that; a short run cannot, and its discriminator collapses (every token
+    gets the same final state) without recovering. Measured on the default CPU run with
+    ``experiments.collapse_probe`` (batch 16, peak lr 2e-4, warmup 60): uncorrected, the
+    states stay collapsed; corrected, they dip and recover by step 75, step for step like
+    ``transformers`` + ``torch.optim.AdamW``. So runs shorter than 100k steps use the
+    corrected step and a 10% warmup; longer runs keep the original (10k warmup, uncorrected).
+    """
+    short = total_steps < SHORT_RUN_STEPS
+    if warmup is None:
+        warmup = max(1, total_steps // 10) if short else 10_000
+    if bias_correction is None:
+        bias_correction = short
+    return min(warmup, total_steps), bias_correction
 
 
 class UserError(Exception):
@@ -66,10 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "schedule are fitted to it (default on CPU: 15m)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seq-len", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default 5e-4 at batch 128, scaled by "
+                        "sqrt(batch / 128) for other batch sizes)")
     p.add_argument("--warmup", type=int, default=None,
-                   help="warmup steps (default: 10000 for the full recipe, max(1000, 1%% of the "
-                        "steps) for shorter runs)")
+                   help="warmup steps (default: 10000; 10%% of the steps for runs shorter than "
+                        "100k steps)")
+    p.add_argument("--bias-correction", dest="bias_correction", action="store_true",
+                   default=None,
+                   help="bias-corrected Adam (torch.optim.AdamW's step; default for runs "
+                        "shorter than 100k steps)")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="the original's Adam without bias correction (default for runs of "
+                        "100k steps or more)")
     p.add_argument("--vocab-size", type=int, default=None,
                    help="tokenizer vocabulary (default: the preset's, capped by the corpus)")
     p.add_argument("--out", default="runs/pretrain_small")
@@ -131,7 +168,7 @@ def evaluate(eval_step, params, valid_batches, seed: int, device) -> dict:
         for k, v in m.items():
             if k in ("masked_tokens", "tokens", "replaced_tokens"):
                 continue
-            if k == "disc_replaced_accuracy":
+            if k in ("disc_replaced_accuracy", "disc_auc"):
                 w = m["replaced_tokens"]
             elif k == "disc_original_accuracy":
                 w = m["tokens"] - m["replaced_tokens"]
@@ -177,8 +214,10 @@ def plot_curves(out: Path, rows: list[dict], evals: list[dict]) -> Path | None:
         for k, lab in (("gen_accuracy", "generator accuracy"),
                        ("disc_replaced_accuracy", "disc. on replaced"),
                        ("disc_original_accuracy", "disc. on original"),
-                       ("disc_accuracy", "disc. overall")):
-            axes[2].plot(es, [e[k] for e in evals], marker="o", label=lab)
+                       ("disc_accuracy", "disc. overall"),
+                       ("disc_auc", "disc. ROC AUC")):
+            if all(k in e for e in evals):
+                axes[2].plot(es, [e[k] for e in evals], marker="o", label=lab)
         axes[2].set_xlabel("step"), axes[2].set_title("held-out accuracy"), axes[2].legend()
     fig.tight_layout()
     path = out / "curves.png"
@@ -287,18 +326,16 @@ def run(args: argparse.Namespace) -> int:
             budget = CPU_DEFAULT_BUDGET_S
         provisional = PretrainConfig(model=mcfg, seq_len=seq_len, batch_size=batch,
                                      total_steps=args.steps or 1_000_000, seed=seed,
-                                     learning_rate=args.lr or 5e-4, warmup_steps=0)
+                                     learning_rate=args.lr or default_lr(batch),
+                                     warmup_steps=0)
         total = provisional.total_steps
         if budget is not None:
             total = fit_steps_to_budget(provisional, data, device, amp, use_compile, budget,
                                         time.time() - t_start, log)
             if args.steps:
                 total = min(total, args.steps)
-        # The original AdamW has no bias correction: for ~1/(1-b2) = 1000 steps its update
-        # m/sqrt(v) is several times lr. The paper's 10k warmup covers that; shorter runs keep
-        # at least 1000 warmup steps (measured: a 10-step warmup collapsed the discriminator).
-        warmup = args.warmup if args.warmup is not None else (
-            10_000 if total >= 1_000_000 else max(1_000, total // 100))
+        warmup, bias_correction = schedule_defaults(total, args.warmup, args.bias_correction)
+        provisional = provisional.replace(adam_bias_correction=bias_correction)
         cfg = provisional.replace(total_steps=total, warmup_steps=min(warmup, total))
         run_info = {"preset": preset, "corpus": [str(c) for c in corpus], "valid": valid_spec,
                     "device": str(device), "amp": str(amp), "compile": use_compile,
@@ -315,7 +352,8 @@ def run(args: argparse.Namespace) -> int:
         run_info = state["config"]["run"]
     log(f"model: {cfg.model.name} (generator ×{cfg.model.generator_multiplier:g}), vocab "
         f"{cfg.model.vocab_size}; batch {cfg.batch_size} × seq {cfg.seq_len}; "
-        f"{cfg.total_steps} steps, warmup {cfg.warmup_steps}, peak lr {cfg.learning_rate:g}; "
+        f"{cfg.total_steps} steps, warmup {cfg.warmup_steps}, peak lr {cfg.learning_rate:.3g}"
+        f"{', bias-corrected Adam' if cfg.adam_bias_correction else ''}; "
         f"device {device}, {'bf16 autocast' if amp else 'float32'}, "
         f"{'compiled' if use_compile else 'eager'}")
     return train(cfg, run_info, data, tokenizer, out, device, amp, use_compile, state, args,
@@ -403,7 +441,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
         append_jsonl(eval_path, {"step": 0, **e})
         log(f"held-out at step 0: gen acc {e['gen_accuracy']:.3f}, disc acc "
             f"{e['disc_accuracy']:.3f} (replaced {e['disc_replaced_accuracy']:.3f}, original "
-            f"{e['disc_original_accuracy']:.3f})")
+            f"{e['disc_original_accuracy']:.3f}), disc AUC {e['disc_auc']:.3f}")
     log_every = args.log_every or max(1, min(50, cfg.total_steps // 100 or 1))
     eval_every = args.eval_every or max(1, cfg.total_steps // 4)
     it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed,
@@ -453,7 +491,9 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
                 e = evaluate(eval_fn, params, valid_batches, cfg.seed, device)
                 append_jsonl(eval_path, {"step": step, **e})
                 bar.write(f"held-out at step {step}: gen acc {e['gen_accuracy']:.3f}, disc acc "
-                          f"{e['disc_accuracy']:.3f}")
+                          f"{e['disc_accuracy']:.3f} (replaced {e['disc_replaced_accuracy']:.3f}, "
+                          f"original {e['disc_original_accuracy']:.3f}), disc AUC "
+                          f"{e['disc_auc']:.3f}")
             if time.time() - last_save >= args.save_every:
                 save("periodic")
                 last_save = time.time()
@@ -501,6 +541,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
                    ("disc_accuracy", "discriminator accuracy"),
                    ("disc_replaced_accuracy", "  on replaced tokens"),
                    ("disc_original_accuracy", "  on original tokens"),
+                   ("disc_auc", "discriminator ROC AUC"),
                    ("gen_loss", "generator loss"), ("disc_loss", "discriminator loss")):
         log(f"{lab:<28}{first[k]:>12.4f}{final[k]:>12.4f}")
     log(f"Hugging Face export: {out / 'hf'}; metrics: {metrics_path}"

@@ -59,6 +59,7 @@ def test_config_defaults_and_validation():
     assert (c.learning_rate, c.layer_decay, c.extra_decay_factor, c.weight_decay,
             c.warmup_fraction, c.batch_size, c.max_len, c.epochs, c.clip_norm, c.adam_eps) == (
         3e-4, 0.8, True, 0.0, 0.1, 32, 128, None, 1.0, 1e-6)
+    assert c.adam_bias_correction is False  # the original's uncorrected Adam by default
     assert c.num_epochs(3) == 3 and c.num_epochs(10) == 10
     assert c.replace(epochs=2).num_epochs(10) == 2
     assert hash(c) == hash(FinetuneConfig()) and FinetuneConfig.from_dict(c.to_dict()) == c

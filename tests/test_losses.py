@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from electra_fn.losses import (classification_loss, electra_loss, mlm_loss, regression_loss,
+                               rtd_auc,
                                rtd_loss)
 
 
@@ -84,6 +86,31 @@ def test_rtd_loss_matches_functional():
     # Padding logits do not matter.
     out2 = rtd_loss(torch.where(keep, logits, 50.0).bfloat16(), replaced, mask)
     assert torch.equal(out["loss"], out2["loss"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rtd_auc_matches_sklearn(seed):
+    """Mann-Whitney AUC over non-padding tokens, ties counted half, equals roc_auc_score."""
+    roc_auc_score = pytest.importorskip("sklearn.metrics").roc_auc_score
+    gen = torch.Generator().manual_seed(seed)
+    B, L = 3, 17
+    # Rounded logits make ties common, which is where a sort-based AUC usually goes wrong.
+    logits = (torch.randn(B, L, generator=gen) * 2).round() / 2
+    replaced = torch.rand(B, L, generator=gen) < 0.3
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[1, 10:] = 0
+    mask[2, 5:] = 0
+    keep = mask.bool()
+    ref = roc_auc_score(replaced[keep].numpy(), logits[keep].numpy())
+    got = rtd_auc(logits, replaced, mask)
+    assert got.ndim == 0
+    assert abs(float(got) - ref) < 1e-6
+    # Padding is ignored whatever its logits and labels.
+    noisy = torch.where(keep, logits, torch.full_like(logits, 99.0))
+    assert abs(float(rtd_auc(noisy, replaced | ~keep, mask)) - ref) < 1e-6
+    # All-equal logits (a collapsed discriminator) give exactly 0.5; one class only gives 0.5.
+    assert float(rtd_auc(torch.zeros(B, L), replaced, mask)) == 0.5
+    assert float(rtd_auc(logits, torch.zeros(B, L, dtype=torch.bool), mask)) == 0.5
 
 
 def test_electra_loss():

@@ -99,6 +99,36 @@ def test_adamw_equals_torch_adamw_with_bias_correction_undone():
     torch.testing.assert_close(ours, theirs.detach(), rtol=1e-6, atol=1e-9)
 
 
+def test_adamw_bias_corrected_equals_torch_adamw():
+    # bias_correction_step=t gives torch.optim.AdamW's step exactly (eps included), with the
+    # same decoupled decay and a changing learning rate.
+    b1, b2, wd, eps = 0.9, 0.999, 0.01, 1e-6
+    gen = torch.Generator().manual_seed(5)
+    p0 = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(4, 6, generator=gen, dtype=torch.float64) for _ in range(8)]
+    lrs = [0.01 * (t + 1) / 8 for t in range(8)]
+
+    theirs = p0.clone().requires_grad_(True)
+    opt = torch.optim.AdamW([theirs], lr=lrs[0], betas=(b1, b2), eps=eps, weight_decay=wd)
+    ours, state = p0.clone(), tree_map(lambda x: x.double(), adamw_init(p0))
+    for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+        opt.param_groups[0]["lr"] = lr
+        theirs.grad = g.clone()
+        opt.step()
+        ours, state = adamw_update(ours, g, state, torch.tensor(lr, dtype=torch.float64),
+                                   b1=b1, b2=b2, eps=eps, weight_decay=wd,
+                                   bias_correction_step=torch.tensor(t))
+    torch.testing.assert_close(ours, theirs.detach(), rtol=1e-6, atol=1e-9)
+    # ... and the uncorrected (original) step is measurably larger early on.
+    plain, _ = adamw_update(p0, grads[0], tree_map(lambda x: x.double(), adamw_init(p0)),
+                            torch.tensor(1e-3, dtype=torch.float64), weight_decay=0.0)
+    corrected, _ = adamw_update(p0, grads[0], tree_map(lambda x: x.double(), adamw_init(p0)),
+                                torch.tensor(1e-3, dtype=torch.float64), weight_decay=0.0,
+                                bias_correction_step=torch.tensor(1))
+    ratio = (plain - p0).abs().mean() / (corrected - p0).abs().mean()
+    assert 3.0 < float(ratio) < 3.2  # (1 - b1) / sqrt(1 - b2) = 3.16 at t = 1
+
+
 def test_default_decay_mask():
     mask = flat_dict(default_decay_mask(make_params()))
     assert mask["embeddings.word"] is True  # embedding tables are decayed, as in the original

@@ -164,6 +164,35 @@ def test_grad_routes_agree():
     torch.testing.assert_close(ma["grad_norm"], mf["grad_norm"], atol=1e-5, rtol=1e-6)
 
 
+def test_bias_corrected_step_uses_the_step_count():
+    """adam_bias_correction: the first update is the corrected one, 1/3.16 of the original's."""
+    params, opt = _init()
+    batch, key = _batch(), pretrain.step_key(0, 0)
+    cfg = CFG.replace(weight_decay=0.0)
+    p_plain, o_plain, _ = pretrain.make_train_step(cfg)(params, opt, batch, key)
+    p_corr, o_corr, _ = pretrain.make_train_step(
+        cfg.replace(adam_bias_correction=True))(params, opt, batch, key)
+    _assert_trees_close(o_corr["adam"], o_plain["adam"], atol=0.0)  # same moments
+    # Moved by ~lr * sign(g) * 1 instead of ~lr * sign(g) * (1 - b1) / sqrt(1 - b2) = 3.16.
+    d_plain = flat_dict(p_plain)["discriminator.head.out.bias"] - flat_dict(params)[
+        "discriminator.head.out.bias"]
+    d_corr = flat_dict(p_corr)["discriminator.head.out.bias"] - flat_dict(params)[
+        "discriminator.head.out.bias"]
+    torch.testing.assert_close(d_plain / d_corr, torch.full_like(d_plain, 0.1 / 0.001 ** 0.5),
+                               rtol=1e-3, atol=0)
+
+
+def test_schedule_defaults():
+    from experiments.pretrain_small import default_lr, schedule_defaults
+    assert schedule_defaults(1_000_000) == (10_000, False)  # the paper's recipe
+    assert schedule_defaults(100_000) == (10_000, False)
+    assert schedule_defaults(573) == (57, True)  # a short CPU run: 10% warmup, corrected Adam
+    assert schedule_defaults(5) == (1, True)
+    assert schedule_defaults(573, warmup=1000, bias_correction=False) == (573, False)
+    assert schedule_defaults(2_000_000, warmup=0, bias_correction=True) == (0, True)
+    assert default_lr(128) == 5e-4 and abs(default_lr(32) - 2.5e-4) < 1e-12
+
+
 def test_loss_decreases_on_a_repeated_batch():
     """Overfitting one small batch: generator loss falls, discriminator accuracy rises."""
     cfg = CFG.replace(seq_len=16, learning_rate=2e-3, total_steps=1000)
@@ -258,7 +287,8 @@ def test_eval_step_has_no_dropout_and_is_pure():
     with torch.no_grad():
         _, train_no_drop = pretrain.electra_forward(params, batch, key, no_drop, train=True)
         _, train_drop = pretrain.electra_forward(params, batch, key, CFG, train=True)
-    for k in m1:
+    assert set(m1) == set(train_no_drop) | {"disc_auc"}  # AUC only when evaluating
+    for k in train_no_drop:
         torch.testing.assert_close(m1[k], train_no_drop[k], atol=1e-6, rtol=1e-6, msg=k)
     assert not torch.equal(m1["disc_loss"], train_drop["disc_loss"])  # dropout was on there
     assert all(not v.requires_grad for v in m1.values())
