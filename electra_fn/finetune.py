@@ -344,27 +344,35 @@ def best_seed_index(per_seed_metrics: list[dict[str, float]], task: str | TaskSp
 
 
 def results_markdown(medians: dict[str, float], num_seeds: dict[str, int],
-                     title: str = "GLUE dev results") -> str:
+                     title: str = "GLUE dev results",
+                     train_examples: dict[str, tuple[int, int]] | None = None) -> str:
     """A table of our median main metric (x100) per task next to ELECTRA-Small-OWT's, with
-    GLUE scores (unweighted means) over the tasks run."""
+    GLUE scores (unweighted means) over the tasks run. ``train_examples`` maps a task to
+    (examples used, examples in its train split), shown per task so that tasks run by
+    separate invocations with different subsamples are labelled correctly."""
     tasks = [t for t in PAPER_TASKS if t in medians] + sorted(t for t in medians
                                                               if t not in PAPER_TASKS)
+    train_examples = train_examples or {}
     lines = [f"# {title}", "",
-             "| task | metric | ours (median) | seeds | ELECTRA-Small-OWT | difference |",
-             "|---|---|---|---|---|---|"]
+             "| task | metric | ours (median) | seeds | train examples | ELECTRA-Small-OWT "
+             "| difference |",
+             "|---|---|---|---|---|---|---|"]
     for t in tasks:
         ours = 100 * medians[t]
         ref = PUBLISHED_SMALL_OWT.get(t)
         ref_s, diff_s = ("–", "–") if ref is None else (f"{ref:.1f}", f"{ours - ref:+.1f}")
+        used, total = train_examples.get(t, (None, None))
+        n_s = ("–" if used is None else f"{used:,}" if used == total
+               else f"{used:,} of {total:,}")
         lines.append(f"| {get_task(t).dir_name} | {main_metric(t)} | {ours:.1f} | "
-                     f"{num_seeds.get(t, 0)} | {ref_s} | {diff_s} |")
+                     f"{num_seeds.get(t, 0)} | {n_s} | {ref_s} | {diff_s} |")
     if tasks:
         ours_avg = 100 * glue_score({t: medians[t] for t in tasks})
         with_ref = [t for t in tasks if t in PUBLISHED_SMALL_OWT]
         ref_avg = (np.mean([PUBLISHED_SMALL_OWT[t] for t in with_ref]) if with_ref
                    else float("nan"))
         lines.append(f"| **GLUE score** ({len(tasks)} task{'s' * (len(tasks) != 1)}) | mean | "
-                     f"**{ours_avg:.1f}** | | {ref_avg:.1f} | {ours_avg - ref_avg:+.1f} |")
+                     f"**{ours_avg:.1f}** | | | {ref_avg:.1f} | {ours_avg - ref_avg:+.1f} |")
     lines += ["", "Main metrics as in the ELECTRA paper: Matthews corr. (CoLA), Spearman "
               "(STS-B), accuracy (others). Reference: ELECTRA-Small-OWT (official code, 1M "
               "steps), GLUE dev, median of ≥10 seeds; its GLUE score here averages the same "
@@ -390,9 +398,16 @@ def write_submission(out_dir: str | Path, task: str | TaskSpec, run: dict,
 def collect_results(out_dir: str | Path) -> tuple[dict[str, float], dict[str, int]]:
     """(median main metric, number of seeds) of every ``<task>.json`` in ``out_dir``, so
     tasks run by separate invocations share one results table."""
+    medians, seeds, _ = collect_results_full(out_dir)
+    return medians, seeds
+
+
+def collect_results_full(out_dir: str | Path) -> tuple[dict[str, float], dict[str, int],
+                                                       dict[str, tuple[int, int]]]:
+    """``collect_results`` plus (train examples used, train examples in the split) per task."""
     import orjson
 
-    medians, seeds = {}, {}
+    medians, seeds, sizes = {}, {}, {}
     for path in sorted(Path(out_dir).glob("*.json")):
         try:
             r = orjson.loads(path.read_bytes())
@@ -402,7 +417,11 @@ def collect_results(out_dir: str | Path) -> tuple[dict[str, float], dict[str, in
                 r.get("task") == path.stem and "main_median" in r:
             medians[r["task"]] = float(r["main_median"])
             seeds[r["task"]] = len(r.get("seeds", []))
-    return medians, seeds
+            data = r.get("data") or {}
+            if "train_examples_used" in data and "train_examples_total" in data:
+                sizes[r["task"]] = (int(data["train_examples_used"]),
+                                    int(data["train_examples_total"]))
+    return medians, seeds, sizes
 
 
 # -- checkpoints and tokenizers -----------------------------------------------------------
@@ -498,7 +517,8 @@ __all__ = [
     "finetune_lr_scales", "task_loss", "make_finetune_step", "make_predict", "compile_fn",
     "cached_step", "cached_predict", "default_compile_mode", "pad_multiple_for",
     "steps_per_epoch", "subsample", "predict_split", "evaluate", "train", "run_seed",
-    "summarize_seeds", "best_seed_index", "results_markdown", "resolve_checkpoint",
+    "summarize_seeds", "best_seed_index", "results_markdown", "collect_results_full",
+    "resolve_checkpoint",
     "tokenizer_file", "load_finetune_inputs", "max_len_for", "aggregate_results",
     "write_submission", "collect_results",
 ]

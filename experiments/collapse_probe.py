@@ -124,7 +124,7 @@ def main() -> None:
         e = evaluate(eval_step, params, valid, cfg.seed, "cpu")
         row = {"tag": args.tag, "step": i, "spread": token_state_spread(params, valid[:2], cfg),
                **{f"eval_{k}": round(e[k], 4) for k in
-                  ("gen_accuracy", "disc_loss", "disc_replaced_accuracy",
+                  ("gen_accuracy", "disc_loss", "disc_auc", "disc_replaced_accuracy",
                    "disc_original_accuracy")}}
         if m is not None:
             row.update({k: round(float(m[k]), 4) for k in ("disc_loss", "lr")})

@@ -110,8 +110,9 @@ def _report_skipped(splits) -> None:
 
 def _write_table(out: Path, title: str) -> None:
     from electra_fn import finetune as FT
-    medians, num_seeds = FT.collect_results(out)  # includes tasks of earlier runs into OUT
-    (out / "results.md").write_text(FT.results_markdown(medians, num_seeds, title),
+    # includes tasks of earlier runs into OUT, each with its own train subsample size
+    medians, num_seeds, sizes = FT.collect_results_full(out)
+    (out / "results.md").write_text(FT.results_markdown(medians, num_seeds, title, sizes),
                                     encoding="utf-8")
 
 
@@ -165,8 +166,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{tokenizer.vocab_size}); device {args.device}, {mode}; seeds {seeds}",
           file=sys.stderr)
     title = "GLUE dev results" + (" (from scratch)" if args.from_scratch else "")
-    if args.max_train_examples is not None:
-        title += f" (train subsample ≤ {args.max_train_examples} examples)"
 
     done = []
     for task in present:

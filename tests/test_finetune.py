@@ -274,9 +274,10 @@ def test_summaries_and_markdown():
     assert s["accuracy"]["std"] == pytest.approx(0.1)
     assert FT.summarize_seeds([{"mcc": 0.3}])["mcc"]["std"] == 0.0
     assert FT.best_seed_index([{"accuracy": 0.5}, {"accuracy": 0.7}], "rte") == 1
-    md = FT.results_markdown({"rte": 0.6, "cola": 0.5}, {"rte": 3, "cola": 3})
-    assert "| CoLA | mcc | 50.0 | 3 | 56.8 | -6.8 |" in md
-    assert "| RTE | accuracy | 60.0 | 3 | 68.5 | -8.5 |" in md
+    md = FT.results_markdown({"rte": 0.6, "cola": 0.5}, {"rte": 3, "cola": 3},
+                             train_examples={"rte": (2490, 2490), "cola": (2000, 8551)})
+    assert "| CoLA | mcc | 50.0 | 3 | 2,000 of 8,551 | 56.8 | -6.8 |" in md
+    assert "| RTE | accuracy | 60.0 | 3 | 2,490 | 68.5 | -8.5 |" in md
     assert "**55.0**" in md and "62.6" in md  # GLUE scores over the same two tasks
 
 
@@ -380,6 +381,10 @@ def test_cli_from_scratch_with_tokenizer_and_subsample(checkpoint, tmp_path, cap
     import orjson
     r = orjson.loads((tmp_path / "mrpc.json").read_bytes())
     assert r["data"]["train_examples_used"] == 4  # 2 examples in both orders
+    total = r["data"]["train_examples_total"]
+    assert total > 4
+    md = (tmp_path / "results.md").read_text()  # the subsample is labelled per task
+    assert f"| MRPC | accuracy | {100 * r['main_median']:.1f} | 1 | 4 of {total:,} |" in md
     assert r["config"]["from_scratch"] and r["config"]["finetune"]["extra_decay_factor"] is False
     assert r["config"]["model"]["name"] == "tiny" and r["config"]["compile"] == "eager"
 
