@@ -277,16 +277,34 @@ def run(args: argparse.Namespace) -> int:
             cfg = PretrainConfig.from_dict(saved["pretrain"])
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{resume_from}: config does not describe a pre-training run ({e})")
-        for flag, field in (("preset", None), ("seq_len", "seq_len"),
-                            ("batch_size", "batch_size"), ("steps", "total_steps"),
-                            ("seed", "seed")):
+        # flags that define the run may be repeated on --resume, but must agree with it
+        run = saved.get("run") or {}
+        for flag, field, have in (
+                ("preset", "preset", run.get("preset")),
+                ("seq_len", "seq_len", cfg.seq_len),
+                ("batch_size", "batch_size", cfg.batch_size),
+                ("steps", "total_steps", cfg.total_steps),
+                ("seed", "seed", cfg.seed),
+                ("lr", "learning_rate", cfg.learning_rate),
+                ("warmup", "warmup_steps", cfg.warmup_steps),
+                ("bias_correction", "adam_bias_correction", cfg.adam_bias_correction),
+                ("vocab_size", "vocab_size", cfg.model.vocab_size),
+                ("corpus", "corpus", run.get("corpus")),
+                ("valid", "valid", run.get("valid"))):
             given = getattr(args, flag)
             if given is None:
                 continue
-            have = saved["run"]["preset"] if field is None else getattr(cfg, field)
-            if given != have:
-                raise UserError(f"{resume_from}: --{flag.replace('_', '-')} {given} does not "
-                                f"match the checkpoint's {field or 'preset'}={have}")
+            same = (math.isclose(given, have, rel_tol=1e-9) if isinstance(given, float)
+                    else [str(g) for g in given] == list(have or []) if isinstance(given, list)
+                    else given == have)
+            if not same:
+                shown = " ".join(map(str, given)) if isinstance(given, list) else given
+                raise UserError(f"{resume_from}: --{flag.replace('_', '-')} {shown} does not "
+                                f"match the checkpoint's {field}={have}; a resumed run keeps "
+                                "its settings (start a new run in another --out to change them)")
+        if args.time_budget is not None:
+            log(f"note: --time-budget is ignored on --resume: the run keeps its "
+                f"{cfg.total_steps}-step schedule")
         corpus = saved["run"]["corpus"]
         tokenizer = toklib.load_tokenizer(str(out / "tokenizer"))
         if tokenizer.vocab_size != cfg.model.vocab_size:
@@ -443,7 +461,8 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
             f"{e['disc_accuracy']:.3f} (replaced {e['disc_replaced_accuracy']:.3f}, original "
             f"{e['disc_original_accuracy']:.3f}), disc AUC {e['disc_auc']:.3f}")
     log_every = args.log_every or max(1, min(50, cfg.total_steps // 100 or 1))
-    eval_every = args.eval_every or max(1, cfg.total_steps // 4)
+    # three evaluations inside the run (a quarter apart) and the final one at the last step
+    eval_every = args.eval_every or max(1, -(-cfg.total_steps // 4))
     it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed,
                        start=position)
     bar = tqdm(total=cfg.total_steps, initial=step, desc="pre-training", unit="step",

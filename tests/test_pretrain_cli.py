@@ -109,8 +109,9 @@ def test_run_writes_all_outputs(full_run):
     assert rows[-1]["eta_s"] == 0
 
     evals = _rows(out / "eval.jsonl")
-    assert evals[0]["step"] == 0 and evals[-1]["step"] == STEPS
-    assert [e["step"] for e in evals] == sorted({e["step"] for e in evals})
+    # step 0, every ceil(STEPS / 4) steps inside the run, and the final step (no double
+    # evaluation one step before the end)
+    assert [e["step"] for e in evals] == [0, 2, 4, STEPS]
     for e in evals:
         assert {"gen_accuracy", "disc_accuracy", "disc_replaced_accuracy",
                 "disc_original_accuracy", "gen_loss", "disc_loss"} <= set(e)
@@ -214,6 +215,12 @@ def bad_runs(tmp_path_factory, full_run) -> dict:
     mismatch_out = copy_run("mismatch")
     add("mismatch", "--resume", "--seq-len", 16, out=mismatch_out,
         path=mismatch_out / "checkpoints" / "step_00000006.pt")
+    # optimizer and data flags are checked too (nothing is written on these errors, so the
+    # cases share the copy)
+    add("mismatch_lr", "--resume", "--lr", 0.01, out=mismatch_out,
+        path=mismatch_out / "checkpoints" / "step_00000006.pt")
+    add("mismatch_corpus", "--resume", corpus=(bad_utf8,), out=mismatch_out,
+        path=mismatch_out / "checkpoints" / "step_00000006.pt")
 
     existing_out = copy_run("existing")
     add("existing", "--steps", 2, out=existing_out, snapshot=_snapshot(existing_out))
@@ -284,6 +291,15 @@ def test_resume_from_corrupted_checkpoint(bad_runs):
 def test_resume_with_mismatched_flag(bad_runs):
     err, ctx = _bad(bad_runs, "mismatch")
     assert "seq_len" in err and "--seq-len 16" in err and str(ctx["path"]) in err
+
+
+def test_resume_with_mismatched_lr_or_corpus(bad_runs):
+    err, ctx = _bad(bad_runs, "mismatch_lr")
+    assert "--lr 0.01 does not match" in err and "learning_rate=" in err
+    assert str(ctx["path"]) in err
+    err, ctx = _bad(bad_runs, "mismatch_corpus")
+    assert "--corpus" in err and "latin1.txt" in err and "does not match" in err
+    assert "corpus=" in err and str(CORPUS) in err
 
 
 def test_new_run_over_existing_checkpoints(bad_runs):
