@@ -1,0 +1,198 @@
+"""Correctness checks of the pre-training step on an accelerator, before it is timed.
+
+    python benchmarks/gpu_checks.py --device cuda --json checks.json
+    python benchmarks/gpu_checks.py --device cpu --preset tiny        # the same checks on CPU
+
+The test suite runs on CPU only; these are the checks that need the device itself:
+
+1. ``compiled``: ``torch.compile(train_step, fullgraph=True)`` (Inductor) agrees with the eager
+   step for two float32 steps (same counter-based dropout noise), compiles once, and a later step
+   (new step counter, new learning rate, new key) reuses the graph.
+2. ``bf16``: the bf16-autocast step keeps float32 master weights and moments; after three
+   steps on the same batch and noise its losses and gradient norm are finite, differ from the
+   float32 run's (autocast is on) by at most a stated relative tolerance; its compiled form
+   also compiles once.
+3. ``hf_parity``: the benchmark's Hugging Face peer computes the same float32 loss as our step
+   on identical weights, inputs and noise (dropout off), on the device.
+
+Each check prints one line (PASS/FAIL and its numbers); ``--json`` writes them all (orjson).
+The exit status is 1 if any check fails. The model is ELECTRA-Small with ``--layers`` layers
+(2 by default: the same code paths, a fraction of the compile time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import orjson
+import torch
+import torch._dynamo
+import torch._dynamo.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from electra_fn import model, pretrain  # noqa: E402
+from electra_fn import rng as rnglib  # noqa: E402
+from electra_fn.config import ModelConfig, PretrainConfig  # noqa: E402
+from electra_fn.tree import flat_dict, tree_map  # noqa: E402
+import throughput as bench  # noqa: E402
+
+
+def _max_diff(a, b) -> float:
+    fa, fb = flat_dict(a), flat_dict(b)
+    assert fa.keys() == fb.keys()
+    return max(float((fa[k].float() - fb[k].float()).abs().max()) for k in fa)
+
+
+def _setup(args, device):
+    mcfg = ModelConfig.from_name(args.preset, num_layers=args.layers)
+    cfg = PretrainConfig(model=mcfg, seq_len=args.seq_len, batch_size=args.batch_size,
+                         total_steps=1000, warmup_steps=0, learning_rate=5e-4)
+    params = tree_map(lambda x: x.to(device), model.init_params(mcfg, args.seed))
+    batch = bench.synthetic_batch(cfg, device, seed=args.seed + 1)
+    return cfg, params, batch
+
+
+def check_compiled(args, device) -> dict:
+    cfg, params, batch = _setup(args, device)
+    opt = pretrain.init_opt_state(params)
+    eager = pretrain.make_train_step(cfg, device_type=device.type)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    compiled = torch.compile(pretrain.make_train_step(cfg, device_type=device.type),
+                             fullgraph=True, backend=counter)
+    pe, oe = params, opt
+    pc, oc = tree_map(torch.clone, (params, opt))
+    t0 = time.perf_counter()
+    loss_diff = 0.0
+    for i in range(2):
+        key = pretrain.step_key(cfg.seed, i).to(device)
+        with rnglib.counter_based():
+            pe, oe, me = eager(pe, oe, batch, key)
+        pc, oc, mc = compiled(pc, oc, batch, key)
+        loss_diff = max(loss_diff, abs(float(mc["loss"]) - float(me["loss"])))
+    compile_s = time.perf_counter() - t0
+    param_diff = _max_diff(pc, pe)
+    late = dict(oc, step=torch.tensor(cfg.total_steps // 2, device=device))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        _, _, m_late = compiled(pc, late, batch, pretrain.step_key(cfg.seed, 500).to(device))
+    frames = counter.frame_count
+    lr_ok = abs(float(m_late["lr"]) - cfg.learning_rate / 2) <= 1e-6 * cfg.learning_rate
+    ok = loss_diff <= args.atol and param_diff <= args.atol and frames == 1 and lr_ok
+    return {"pass": ok, "loss_max_abs_diff": loss_diff, "param_max_abs_diff": param_diff,
+            "tolerance": args.atol, "compiled_frames": frames, "later_step_lr_ok": lr_ok,
+            "compile_and_two_steps_s": round(compile_s, 1)}
+
+
+def check_bf16(args, device) -> dict:
+    cfg, params, batch = _setup(args, device)
+    opt = pretrain.init_opt_state(params)
+    key = pretrain.step_key(cfg.seed, 0).to(device)
+    f32 = pretrain.make_train_step(cfg, device_type=device.type)
+    bf16 = pretrain.make_train_step(cfg, amp_dtype=torch.bfloat16, device_type=device.type)
+    # Three steps on the same batch from the same weights: at initialisation the losses are
+    # ~ln(vocab) and ln(2) whatever the precision, so compare after the weights have moved, and
+    # compare the gradient norm too (it shows that autocast is on: it differs from float32).
+    p32, o32, p16, o16 = params, opt, params, opt
+    with rnglib.counter_based():
+        for i in range(3):
+            k = pretrain.step_key(cfg.seed, i).to(device)
+            p32, o32, m32 = f32(p32, o32, batch, k)
+            p16, o16, m16 = bf16(p16, o16, batch, k)
+    dtypes_ok = all(v.dtype == torch.float32 for v in flat_dict(p16).values()) and all(
+        v.dtype == torch.float32 for k, v in flat_dict(o16).items() if v.is_floating_point())
+    rel = {k: abs(float(m16[k]) - float(m32[k])) / max(abs(float(m32[k])), 1e-12)
+           for k in ("gen_loss", "disc_loss", "grad_norm")}
+    finite = all(bool(torch.isfinite(m16[k])) for k in ("loss", "gen_loss", "disc_loss",
+                                                         "grad_norm"))
+    autocast_on = rel["grad_norm"] > 0
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    compiled = torch.compile(bf16, fullgraph=True, backend=counter)
+    pc, oc = tree_map(torch.clone, (params, opt))
+    for i in range(2):
+        pc, oc, mc = compiled(pc, oc, batch, pretrain.step_key(cfg.seed, i).to(device))
+    compiled_finite = bool(torch.isfinite(mc["loss"]))
+    ok = (dtypes_ok and finite and compiled_finite and counter.frame_count == 1
+          and autocast_on and max(rel.values()) <= args.bf16_rtol)
+    return {"pass": ok, "master_weights_float32": dtypes_ok, "finite": finite,
+            "autocast_changed_the_numbers": autocast_on,
+            "relative_diff_vs_float32_after_3_steps": rel, "tolerance": args.bf16_rtol,
+            "compiled_frames": counter.frame_count, "compiled_finite": compiled_finite}
+
+
+def check_hf_parity(args, device) -> dict:
+    cfg, params, batch = _setup(args, device)
+    cfg = cfg.replace(model=cfg.model.replace(hidden_dropout=0.0, attention_dropout=0.0))
+    key = pretrain.step_key(3, 7).to(device)
+    peer = bench.HFPeer(cfg, params, device, dropout=False)
+    with rnglib.counter_based():
+        ours, metrics = pretrain.electra_forward(params, batch, key, cfg, train=False)
+        noise = bench.step_noise(key, cfg, cfg.batch_size, cfg.seq_len, device)
+        theirs, their_metrics = peer.forward_loss(batch, noise)
+    diffs = {"loss": abs(float(theirs.detach()) - float(ours)),
+             "gen_loss": abs(float(their_metrics["gen_loss"]) - float(metrics["gen_loss"])),
+             "disc_loss": abs(float(their_metrics["disc_loss"]) - float(metrics["disc_loss"]))}
+    rel = diffs["loss"] / max(abs(float(ours)), 1e-12)
+    return {"pass": rel <= args.parity_rtol, "abs_diffs": diffs, "relative_loss_diff": rel,
+            "tolerance": args.parity_rtol, "loss": float(ours)}
+
+
+CHECKS = {"compiled": check_compiled, "bf16": check_bf16, "hf_parity": check_hf_parity}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checks", default=",".join(CHECKS),
+                    help=f"comma-separated subset of {', '.join(CHECKS)}")
+    ap.add_argument("--atol", type=float, default=2e-4,
+                    help="eager vs compiled, float32: max abs difference of loss and params")
+    ap.add_argument("--bf16-rtol", type=float, default=2e-2,
+                    help="bf16 vs float32 losses and grad norm after 3 steps: max relative "
+                         "difference")
+    ap.add_argument("--parity-rtol", type=float, default=1e-4,
+                    help="HF peer vs ours, float32 loss: max relative difference")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 checks mean float32
+        torch.backends.cudnn.allow_tf32 = False
+    names = [c.strip() for c in args.checks.split(",") if c.strip()]
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        ap.error(f"unknown check(s) {', '.join(unknown)}; choose from {', '.join(CHECKS)}")
+    results = {"device": str(device),
+               "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                               else "cpu"),
+               "torch": torch.__version__, "preset": args.preset, "layers": args.layers,
+               "batch_size": args.batch_size, "seq_len": args.seq_len, "checks": {}}
+    for name in names:
+        torch._dynamo.reset()
+        t0 = time.perf_counter()
+        try:
+            r = CHECKS[name](args, device)
+        except Exception as e:  # one failing check must not hide the others' results
+            r = {"pass": False, "error": f"{type(e).__name__}: {e}",
+                 "traceback": traceback.format_exc(limit=8)}
+        r["seconds"] = round(time.perf_counter() - t0, 1)
+        results["checks"][name] = r
+        shown = {k: v for k, v in r.items() if k not in ("pass", "traceback")}
+        print(f"{'PASS' if r['pass'] else 'FAIL'} {name}: {shown}", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    return 0 if all(r["pass"] for r in results["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
