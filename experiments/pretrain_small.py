@@ -19,6 +19,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ EXIT_BAD_INPUT = 2
 CPU_DEFAULT_BUDGET_S = 15 * 60
 CPU_DEFAULT_BATCH = 16
 EVAL_BATCHES = 8
+BUDGET_TIMED_STEPS = 3  # timed steps after the warm-up call when fitting a --time-budget
+BUDGET_MARGIN = 0.05  # share of the fitted time kept back for a machine that slows down
 # Runs shorter than this use bias-corrected Adam and a 10% warmup (see main()).
 SHORT_RUN_STEPS = 100_000
 
@@ -388,21 +391,34 @@ def fit_steps_to_budget(cfg: PretrainConfig, data, device, amp, use_compile: boo
         step_fn = torch.compile(step_fn, fullgraph=True)
     it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed)
     times = []
-    for i in range(3):
+    for i in range(BUDGET_TIMED_STEPS + 1):  # the first call warms up (or compiles)
         _, b = next(it)
         t = time.time()
         params, opt, m = step_fn(params, opt, to_device(b, device), pretrain.step_key(0, i))
         float(m["loss"])  # sync
         times.append(time.time() - t)
-    step_s = min(times[1:])
-    evals_s = 2 * EVAL_BATCHES * step_s / 3 + 4 * EVAL_BATCHES * step_s / 3  # first+final eval
-    reserve = 25.0 + evals_s + (times[0] - step_s if use_compile else 0.0)
-    left = budget_s - spent_s - sum(times) - reserve
-    total = max(1, int(left / step_s))
+    total, step_s = steps_for_budget(times, budget_s, spent_s, use_compile)
     log(f"budget: {fmt_time(budget_s)} in all; {fmt_time(spent_s + sum(times))} spent on setup "
         f"and timing; {step_s:.2f} s/step measured → {total} steps "
-        f"({total * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens) fit in the time left")
+        f"({total * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens) fit in the time left, "
+        f"with a {BUDGET_MARGIN:.0%} margin for a machine that slows down")
     return total
+
+
+def steps_for_budget(times: list[float], budget_s: float, spent_s: float, use_compile: bool,
+                     eval_batches: int = EVAL_BATCHES, margin: float | None = None
+                     ) -> tuple[int, float]:
+    """(steps, seconds per step) that fit ``budget_s`` given the timed calls ``times`` (the
+    first one a warm-up or compile) and ``spent_s`` already used. The pace is the median of the
+    timed steps (the fastest one was too optimistic on a busy machine); six held-out
+    evaluations (a forward pass ~ 1/3 of a step per batch), 25 s of saving and export, and a
+    compile's extra first-call time are reserved, and ``margin`` of what is left is kept back."""
+    margin = BUDGET_MARGIN if margin is None else margin
+    step_s = statistics.median(times[1:])
+    evals_s = 6 * eval_batches * step_s / 3
+    reserve = 25.0 + evals_s + (times[0] - step_s if use_compile else 0.0)
+    left = (budget_s - spent_s - sum(times) - reserve) * (1.0 - margin)
+    return max(1, int(left / step_s)), step_s
 
 
 def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, device, amp,

@@ -193,6 +193,27 @@ def test_schedule_defaults():
     assert default_lr(128) == 5e-4 and abs(default_lr(32) - 2.5e-4) < 1e-12
 
 
+def test_steps_for_budget():
+    from experiments.pretrain_small import steps_for_budget
+    # 900 s budget, 60 s spent; warm-up call 3 s, then 1.4 / 2.0 / 1.5 s: the median (1.5)
+    # sets the pace, not the fastest step.
+    times = [3.0, 1.4, 2.0, 1.5]
+    steps, step_s = steps_for_budget(times, 900.0, 60.0, use_compile=False, eval_batches=8,
+                                     margin=0.0)
+    assert step_s == 1.5
+    reserve = 25.0 + 6 * 8 * 1.5 / 3
+    assert steps == int((900 - 60 - sum(times) - reserve) / 1.5)
+    with_margin, _ = steps_for_budget(times, 900.0, 60.0, use_compile=False, eval_batches=8,
+                                      margin=0.05)
+    assert with_margin == int(0.95 * (900 - 60 - sum(times) - reserve) / 1.5)
+    # a compile's slow first call is reserved again for the run's own first call
+    compiled, _ = steps_for_budget(times, 900.0, 60.0, use_compile=True, eval_batches=8,
+                                   margin=0.0)
+    assert compiled == int((900 - 60 - sum(times) - reserve - 1.5) / 1.5)
+    # a budget already spent still runs one step
+    assert steps_for_budget(times, 10.0, 60.0, use_compile=False)[0] == 1
+
+
 def test_loss_decreases_on_a_repeated_batch():
     """Overfitting one small batch: generator loss falls, discriminator accuracy rises."""
     cfg = CFG.replace(seq_len=16, learning_rate=2e-3, total_steps=1000)
