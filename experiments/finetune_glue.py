@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bias-correction", action="store_true",
                    help="bias-corrected Adam (torch.optim.AdamW's step) instead of the "
                         "original's uncorrected one")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's). On a CPU shared with other "
                    "jobs, 1 can be several times faster than oversubscribed threads")
@@ -122,6 +123,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device_type = torch.device(args.device).type
+    except RuntimeError:
+        print(f"error: --device {args.device}: not a device name (auto, cpu, cuda, cuda:1, ...)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if device_type == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: CUDA is not available on this machine",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
 
     from electra_fn import finetune as FT
     from electra_fn.config import FinetuneConfig

@@ -389,6 +389,18 @@ def test_cli_from_scratch_with_tokenizer_and_subsample(checkpoint, tmp_path, cap
     assert r["config"]["model"]["name"] == "tiny" and r["config"]["compile"] == "eager"
 
 
+def test_cli_device_names(checkpoint, tmp_path, capsys):
+    rc, err = _main(capsys, "--checkpoint", checkpoint["good"], "--glue-dir", FIXTURES,
+                    "--tasks", "rte", "--out", tmp_path, "--device", "gpu0", "--no-progress")
+    assert rc == 2 and "--device gpu0: not a device name" in err
+    if not torch.cuda.is_available():
+        rc, err = _main(capsys, "--checkpoint", checkpoint["good"], "--glue-dir", FIXTURES,
+                        "--tasks", "rte", "--out", tmp_path, "--device", "cuda",
+                        "--no-progress")
+        assert rc == 2 and "CUDA is not available" in err
+    assert not (tmp_path / "rte.json").exists()
+
+
 def test_cli_missing_task_folder(checkpoint, tmp_path, capsys):
     glue = tmp_path / "glue"
     shutil.copytree(FIXTURES / "SST-2", glue / "SST-2")
