@@ -15,6 +15,7 @@ compiled step). Writes into ``--out``: ``config.json``, ``metrics.jsonl``, ``eva
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import re
@@ -196,8 +197,18 @@ def make_valid_batches(data: pdata.PretrainData, batch_size: int) -> list[dict]:
     return out
 
 
-def plot_curves(out: Path, rows: list[dict], evals: list[dict]) -> Path | None:
-    import matplotlib
+PLOT_MISSING = ("matplotlib is not installed, so curves.png is not drawn (pip install "
+                "'electra-fn[plot]' to get it; the metrics are in metrics.jsonl and eval.jsonl)")
+
+
+def plot_curves(out: Path, rows: list[dict], evals: list[dict], log=print) -> Path | None:
+    """Draw curves.png from the training and held-out rows; None (and a logged note) when
+    matplotlib, an optional dependency, is not installed or there is nothing to draw."""
+    try:
+        import matplotlib
+    except ImportError:
+        log(f"note: {PLOT_MISSING}")
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -258,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     ckpt_dir = out / "checkpoints"
     log = lambda msg: print(msg, flush=True)  # noqa: E731
+    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+        log(f"note: {PLOT_MISSING}")  # said up front, not only after the run
 
     resume_from = None
     if args.resume:
@@ -568,7 +581,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
                "hf_export": {k: str(v) for k, v in written.items()}}
     write_json(out / "summary.json", summary)
     rows = [orjson.loads(x) for x in metrics_path.read_bytes().splitlines() if x.strip()]
-    plot = None if args.no_plot else plot_curves(out, rows, evals)
+    plot = None if args.no_plot else plot_curves(out, rows, evals, log)
     log("")
     log(f"done: {step} steps in {fmt_time(wall)} on {device}")
     log(f"{'held-out':<28}{'step ' + str(first['step']):>12}{'step ' + str(step):>12}")

@@ -348,3 +348,17 @@ def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path, cache, full_run):
     assert state["step"] >= 1 and int(state["opt_state"]["step"]) == state["step"]
     assert f"at step {state['step']}" in stdout
     assert not (out / "summary.json").exists()
+
+
+def test_plot_is_skipped_with_a_note_when_matplotlib_is_missing(tmp_path, monkeypatch):
+    """matplotlib is an optional extra: without it a finished run must not crash at the end."""
+    from experiments import pretrain_small
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    said = []
+    rows = [{"step": 1, "gen_loss": 1.0, "disc_loss": 0.5, "gen_accuracy": 0.1,
+             "disc_replaced_accuracy": 0.2, "disc_original_accuracy": 0.9}]
+    assert pretrain_small.plot_curves(tmp_path, rows, [], log=said.append) is None
+    assert not (tmp_path / "curves.png").exists()
+    assert len(said) == 1 and "matplotlib is not installed" in said[0] and "[plot]" in said[0]
+
