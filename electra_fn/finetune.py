@@ -395,16 +395,11 @@ def write_submission(out_dir: str | Path, task: str | TaskSpec, run: dict,
     return files
 
 
-def collect_results(out_dir: str | Path) -> tuple[dict[str, float], dict[str, int]]:
-    """(median main metric, number of seeds) of every ``<task>.json`` in ``out_dir``, so
-    tasks run by separate invocations share one results table."""
-    medians, seeds, _ = collect_results_full(out_dir)
-    return medians, seeds
-
-
-def collect_results_full(out_dir: str | Path) -> tuple[dict[str, float], dict[str, int],
-                                                       dict[str, tuple[int, int]]]:
-    """``collect_results`` plus (train examples used, train examples in the split) per task."""
+def collect_results(out_dir: str | Path) -> tuple[dict[str, float], dict[str, int],
+                                                  dict[str, tuple[int, int]]]:
+    """(median main metric, number of seeds, (train examples used, train examples in the
+    split)) per task, from every ``<task>.json`` in ``out_dir``, so tasks run by separate
+    invocations (with their own subsamples) share one results table."""
     import orjson
 
     medians, seeds, sizes = {}, {}, {}
@@ -517,8 +512,7 @@ __all__ = [
     "finetune_lr_scales", "task_loss", "make_finetune_step", "make_predict", "compile_fn",
     "cached_step", "cached_predict", "default_compile_mode", "pad_multiple_for",
     "steps_per_epoch", "subsample", "predict_split", "evaluate", "train", "run_seed",
-    "summarize_seeds", "best_seed_index", "results_markdown", "collect_results_full",
-    "resolve_checkpoint",
+    "summarize_seeds", "best_seed_index", "results_markdown", "resolve_checkpoint",
     "tokenizer_file", "load_finetune_inputs", "max_len_for", "aggregate_results",
     "write_submission", "collect_results",
 ]

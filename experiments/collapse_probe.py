@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
 import torch
 
 from electra_fn import checkpoint as C
@@ -32,7 +31,7 @@ from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.data import pretrain_data as pdata
 from electra_fn.data.tokenizer import train_tokenizer
 from electra_fn.hf import from_hf_state_dict
-from experiments.pretrain_small import evaluate, make_valid_batches
+from experiments.pretrain_small import append_jsonl, evaluate, make_valid_batches
 
 
 def token_state_spread(params, batches, cfg) -> float:
@@ -62,8 +61,7 @@ def analyze(run_dirs: list[str], data, jsonl: Path | None) -> None:
                    "spread": round(token_state_spread(params, valid[:2], cfg), 4)}
             print(row, flush=True)
             if jsonl:
-                with open(jsonl, "ab") as f:
-                    f.write(orjson.dumps(row) + b"\n")
+                append_jsonl(jsonl, row)
 
 
 def main() -> None:
@@ -131,8 +129,7 @@ def main() -> None:
         row["elapsed_s"] = round(time.time() - t0)
         print(row, flush=True)
         if args.jsonl:
-            with open(args.jsonl, "ab") as f:
-                f.write(orjson.dumps(row) + b"\n")
+            append_jsonl(args.jsonl, row)
 
     report(0, None)
     for i in range(args.steps):

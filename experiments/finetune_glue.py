@@ -112,7 +112,7 @@ def _report_skipped(splits) -> None:
 def _write_table(out: Path, title: str) -> None:
     from electra_fn import finetune as FT
     # includes tasks of earlier runs into OUT, each with its own train subsample size
-    medians, num_seeds, sizes = FT.collect_results_full(out)
+    medians, num_seeds, sizes = FT.collect_results(out)
     (out / "results.md").write_text(FT.results_markdown(medians, num_seeds, title, sizes),
                                     encoding="utf-8")
 
@@ -123,17 +123,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    from experiments.pretrain_small import UserError, resolve_device
     try:
-        device_type = torch.device(args.device).type
-    except RuntimeError:
-        print(f"error: --device {args.device}: not a device name (auto, cpu, cuda, cuda:1, ...)",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if device_type == "cuda" and not torch.cuda.is_available():
-        print(f"error: --device {args.device}: CUDA is not available on this machine",
-              file=sys.stderr)
+        args.device = str(resolve_device(args.device))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
     from electra_fn import finetune as FT

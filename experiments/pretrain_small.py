@@ -242,9 +242,14 @@ def plot_curves(out: Path, rows: list[dict], evals: list[dict], log=print) -> Pa
 
 # -- the run ------------------------------------------------------------------------------
 def resolve_device(name: str) -> torch.device:
+    """``--device``: auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...; a UserError
+    for a malformed name or CUDA asked for where there is none (shared with finetune_glue)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name (auto, cpu, cuda, cuda:1, ...)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
     return dev
