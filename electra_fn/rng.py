@@ -42,10 +42,11 @@ def _use_counter() -> bool:
 
 _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
+_MUL = 0x5BD1E995  # odd, below 2**31: (x < 2**32) * _MUL < 2**63
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit avalanche hash on int64 tensors holding uint32.
+def _mix32(x):
+    """A 32-bit avalanche hash on int64 tensors holding uint32 (or on Python ints).
 
     Multipliers stay below 2**31 so no int64 product can overflow (eager, compiled and
     CUDA then agree bit for bit)."""
@@ -56,14 +57,28 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _eager_cpu_scalar(k) -> bool:
+    """A plain CPU 0-d tensor outside tracing: its value can be read for free."""
+    return (type(k) is torch.Tensor and k.dim() == 0 and k.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(k))
+
+
 def key(seed: int | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """A key from an integer seed."""
+    if isinstance(seed, int) and (device is None or torch.device(device).type == "cpu"):
+        return torch.tensor(_mix32((seed & _M32) ^ _GOLDEN), dtype=torch.int64)
     seed_t = torch.as_tensor(seed, dtype=torch.int64, device=device)
     return _mix32((seed_t & _M32) ^ _GOLDEN)
 
 
 def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
     """A new key from ``k`` and an integer (a step, a layer index, a purpose tag)."""
+    if isinstance(data, int) and _eager_cpu_scalar(k):
+        # The same arithmetic on Python ints (_mix32 works on both): one tensor instead of
+        # ~20 tiny tensor ops, which were a visible share of an eager step's host time.
+        return torch.tensor(_mix32((_mix32(int(k)) + (data & _M32) * 0x165667B1
+                                    + 0x632BE5AB) & _M32), dtype=torch.int64)
     data_t = torch.as_tensor(data, dtype=torch.int64, device=k.device) if not isinstance(
         data, torch.Tensor) else data.to(torch.int64)
     return _mix32((_mix32(k) + (data_t & _M32) * 0x165667B1 + 0x632BE5AB) & _M32)
@@ -75,9 +90,13 @@ def bits(k: torch.Tensor, shape: tuple[int, ...],
     n = 1
     for s in shape:
         n *= s
-    # numel < 2**31, so counter * _GOLDEN < 2**63.
+    # The counter is only ever added to the key (a tensor): Inductor turns arithmetic on a bare
+    # arange into an index expression, and Triton evaluates those in int32 for tensors under
+    # 2**31 elements, so `arange * constant` overflowed there ("Scalar 2654435769 is out of
+    # range for type int32" on CUDA; pytorch/pytorch#175966 is the silent variant). After the
+    # key is added the value is ordinary int64 data. Products stay below 2**63.
     counter = torch.arange(n, device=device or k.device, dtype=torch.int64).reshape(shape)
-    x = _mix32((counter * _GOLDEN + k) & _M32)
+    x = _mix32((((counter + k) & _M32) * _MUL) & _M32)
     return _mix32((x + k * 0x27D4EB2F + 1) & _M32)
 
 
