@@ -1,5 +1,6 @@
 """electra-fn: ELECTRA pre-training and fine-tuning as pure functions over pytrees."""
 
+from . import compiling
 from .config import FinetuneConfig, ModelConfig, PretrainConfig, PRESETS
 from .finetune import (evaluate, finetune_key, init_finetune, init_finetune_state,
                        make_finetune_step, make_predict)
@@ -17,5 +18,5 @@ __all__ = [
     "discriminator_logits", "classifier_logits", "load_hf", "save_hf", "make_train_step",
     "make_eval_step", "init_opt_state", "step_key", "tree_count",
     "FinetuneConfig", "init_finetune", "init_finetune_state", "finetune_key",
-    "make_finetune_step", "make_predict", "evaluate",
+    "make_finetune_step", "make_predict", "evaluate", "compiling",
 ]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.func import grad_and_value
 
-from . import losses, model, optim
+from . import compiling, losses, model, optim
 from . import rng as rnglib
 from .config import FinetuneConfig, ModelConfig
 from .data.glue import EncodedSplit, TaskSpec, bucket_batches, get_task
@@ -169,7 +169,7 @@ def compile_fn(fn: Callable, mode: CompileMode, backend: str = "inductor") -> Ca
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 512)
         dynamo_config.accumulated_recompile_limit = max(
             dynamo_config.accumulated_recompile_limit, 4096)
-    return torch.compile(fn, fullgraph=True, dynamic=(mode == "dynamic"), backend=backend)
+    return compiling.compile(fn, dynamic=(mode == "dynamic"), backend=backend)
 
 
 @functools.lru_cache(maxsize=8)
