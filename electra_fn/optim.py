@@ -59,9 +59,11 @@ def adamw_update(params: Tree, grads: Tree, state: dict, lr: torch.Tensor, *,
     decay = _flat_options(decay_mask, n, True, "decay_mask")
     scale = [float(s) for s in _flat_options(lr_scale, n, 1.0, "lr_scale")]
 
-    # Math in float32, or float64 for float64 params (used by the reference tests).
+    # Math in float32, or float64 for float64 params (used by the reference tests); the
+    # per-leaf casts are skipped when there is nothing to cast (host time, eagerly).
     p_math = [p.to(torch.promote_types(p.dtype, torch.float32)) for p in p_leaves]
-    g_leaves = [g.to(p.dtype) for g, p in zip(g_leaves, p_math)]
+    if any(g.dtype != p.dtype for g, p in zip(g_leaves, p_math)):
+        g_leaves = [g.to(p.dtype) for g, p in zip(g_leaves, p_math)]
     m_new = torch._foreach_add(torch._foreach_mul(m_leaves, b1), g_leaves, alpha=1.0 - b1)
     v_new = torch._foreach_addcmul(torch._foreach_mul(v_leaves, b2), g_leaves, g_leaves,
                                    value=1.0 - b2)
@@ -82,8 +84,12 @@ def adamw_update(params: Tree, grads: Tree, state: dict, lr: torch.Tensor, *,
         update = list(update)
         for i, u in zip(decayed, with_decay):
             update[i] = u
-    step = torch._foreach_mul(torch._foreach_mul(update, lr), scale)
-    p_new = [p.to(d.dtype) for p, d in zip(torch._foreach_sub(p_math, step), p_leaves)]
+    step = torch._foreach_mul(update, lr)
+    if any(s != 1.0 for s in scale):
+        step = torch._foreach_mul(step, scale)
+    p_new = list(torch._foreach_sub(p_math, step))
+    if any(p.dtype != d.dtype for p, d in zip(p_new, p_leaves)):
+        p_new = [p.to(d.dtype) for p, d in zip(p_new, p_leaves)]
 
     _, m_spec = tree_flatten(state["m"])
     _, v_spec = tree_flatten(state["v"])
@@ -121,7 +127,10 @@ def clip_by_global_norm(grads: Tree, max_norm: float | torch.Tensor) -> tuple[Tr
     factor = max_norm / torch.maximum(norm, torch.as_tensor(max_norm, dtype=norm.dtype,
                                                              device=norm.device))
     factor = factor + (norm - norm)  # NaN when norm is inf/NaN, as tf.clip_by_global_norm
-    clipped = [(g.to(torch.float32) * factor).to(g.dtype) for g in leaves]
+    if all(g.dtype == torch.float32 for g in leaves):  # one multi-tensor op
+        clipped = list(torch._foreach_mul(leaves, factor))
+    else:
+        clipped = [(g.to(torch.float32) * factor).to(g.dtype) for g in leaves]
     return tree_unflatten(clipped, spec), norm
 
 

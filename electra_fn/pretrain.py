@@ -143,8 +143,13 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
             decay_mask=decay_mask,
             bias_correction_step=step + 1 if cfg.adam_bias_correction else None)
         finite = torch.isfinite(loss) & torch.isfinite(gnorm)
-        new_params = _where_tree(finite, new_params, params)
-        new_adam = _where_tree(finite, new_adam, opt_state["adam"])
+        if torch.compiler.is_compiling():  # fused into the update's kernels
+            new_params = _where_tree(finite, new_params, params)
+            new_adam = _where_tree(finite, new_adam, opt_state["adam"])
+        elif not bool(finite):
+            # Eagerly: one host check instead of a `where` (a launch and a full copy) per
+            # parameter and moment. On a GPU the check waits for the step's kernels.
+            new_params, new_adam = params, opt_state["adam"]
         metrics = dict(metrics)
         metrics.update(grad_norm=gnorm.detach(), lr=lr.detach(),
                        skipped=(~finite).to(torch.float32))
