@@ -29,7 +29,7 @@ import orjson
 import torch
 
 from electra_fn import checkpoint as ckpt
-from electra_fn import hf, model, pretrain
+from electra_fn import compiling, hf, model, pretrain
 from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.data import pretrain_data as pdata
 from electra_fn.data import tokenizer as toklib
@@ -158,6 +158,14 @@ def fmt_time(s: float) -> str:
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def step_key_for(seed: int, step: int, device: torch.device, compiled: bool) -> torch.Tensor:
+    """The step's key where the step wants it: a compiled step hashes its counter-based noise
+    on the device (no CPU ops in the graph); an eager step seeds the native generator from
+    the key's value, so it stays on the CPU (no device sync)."""
+    key = pretrain.step_key(seed, step)
+    return key.to(device, non_blocking=True) if compiled else key
 
 
 def evaluate(eval_step, params, valid_batches, seed: int, device) -> dict:
@@ -406,13 +414,14 @@ def fit_steps_to_budget(cfg: PretrainConfig, data, device, amp, use_compile: boo
     opt = pretrain.init_opt_state(params)
     step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type)
     if use_compile:
-        step_fn = torch.compile(step_fn, fullgraph=True)
+        step_fn = compiling.compile(step_fn)
     it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed)
     times = []
     for i in range(BUDGET_TIMED_STEPS + 1):  # the first call warms up (or compiles)
         _, b = next(it)
         t = time.time()
-        params, opt, m = step_fn(params, opt, to_device(b, device), pretrain.step_key(0, i))
+        params, opt, m = step_fn(params, opt, to_device(b, device),
+                                 step_key_for(0, i, device, use_compile))
         float(m["loss"])  # sync
         times.append(time.time() - t)
     total, step_s = steps_for_budget(times, budget_s, spent_s, use_compile)
@@ -468,7 +477,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
 
     step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type)
     if use_compile:
-        step_fn = torch.compile(step_fn, fullgraph=True)
+        step_fn = compiling.compile(step_fn)
     eval_fn = pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type)
     valid_batches = make_valid_batches(data, cfg.batch_size)
     metrics_path, eval_path = out / "metrics.jsonl", out / "eval.jsonl"
@@ -484,7 +493,14 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
+        # The first signal stops at the end of the current step, with a checkpoint. A second
+        # one aborts at once (e.g. during a long first compile, before anything is trained);
+        # the last checkpoint on disk is intact (saves are atomic).
+        if stop["signal"] is not None:
+            raise SystemExit(128 + signum)
         stop["signal"] = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              "(send it again to abort now)", file=sys.stderr, flush=True)
 
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -510,7 +526,8 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
         while step < cfg.total_steps:
             position, batch = next(it)
             batch = to_device(batch, device)
-            params, opt, m = step_fn(params, opt, batch, pretrain.step_key(cfg.seed, step))
+            params, opt, m = step_fn(params, opt, batch,
+                                     step_key_for(cfg.seed, step, device, use_compile))
             step += 1
             window_steps += 1
             consecutive_bad = (consecutive_bad + m["skipped"]) * m["skipped"]

@@ -322,8 +322,8 @@ def test_overwrite_replaces_the_old_runs_checkpoints(tmp_path, cache, resumed_ru
 
 
 # -- interruption --------------------------------------------------------------------------
-def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path, cache, full_run):
-    out = tmp_path / "run"
+def _interrupted_run(out, cache, signals: int) -> tuple[int, str, str]:
+    """Start a long run, send ``signals`` SIGINTs once it has logged a step; (rc, out, err)."""
     args = _args(out, cache, "--steps", 100_000, "--log-every", 1)
     p = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
@@ -334,19 +334,41 @@ def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path, cache, full_run):
             assert p.poll() is None, f"exited early: {p.communicate()}"
             assert time.time() < deadline, "no metrics row within 180 s"
             time.sleep(0.2)
-        p.send_signal(signal.SIGINT)
+        for _ in range(signals):
+            p.send_signal(signal.SIGINT)
         stdout, stderr = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
             p.kill()
             p.communicate()
     assert p.returncode == 130, f"exit {p.returncode}\n{stdout[-2000:]}\n{stderr[-2000:]}"
+    return p.returncode, stdout, stderr
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path, cache, full_run):
+    out = tmp_path / "run"
+    _, stdout, _ = _interrupted_run(out, cache, signals=1)
     assert "stopped by SIGINT" in stdout
     last = ckpt.latest_checkpoint(out / "checkpoints")
     assert last is not None and str(last) in stdout
     state = ckpt.load_checkpoint(last)
     assert state["step"] >= 1 and int(state["opt_state"]["step"]) == state["step"]
     assert f"at step {state['step']}" in stdout
+    assert not (out / "summary.json").exists()
+
+
+def test_a_second_sigint_aborts_at_once_and_leaves_checkpoints_whole(tmp_path, cache,
+                                                                     full_run):
+    """The first signal asks for a checkpoint at the end of the step; a second one (for a step
+    that would take long, e.g. a first compile) aborts at once. Either way: exit 130 and every
+    checkpoint on disk loads (saves are atomic; a save cut short leaves no temp file)."""
+    out = tmp_path / "run"
+    _, _, stderr = _interrupted_run(out, cache, signals=2)
+    assert "send it again to abort now" in stderr
+    ckpt_dir = out / "checkpoints"
+    for path in ckpt.list_checkpoints(ckpt_dir):
+        ckpt.load_checkpoint(path)  # raises on a torn file
+    assert not list(ckpt_dir.glob(".tmp-*"))
     assert not (out / "summary.json").exists()
 
 
