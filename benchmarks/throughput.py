@@ -57,6 +57,7 @@ import torch
 import torch._dynamo
 import torch.nn.functional as F
 
+from electra_fn import compiling
 from electra_fn import flops as flopslib
 from electra_fn import masking, sampling
 from electra_fn import rng as rnglib
@@ -74,6 +75,8 @@ ALL_VARIANTS = tuple(f"ours-{route}-{mode}" for route in ("func", "autograd") fo
                      ) + tuple(f"hf-{mode}" for mode in MODES)
 CPU_DEFAULT = ("ours-func-eager", "ours-autograd-eager", "ours-func-compile",
                "ours-autograd-compile", "hf-eager", "hf-compile")
+# --time-limit keeps this much for the timed rounds, the profile and the report.
+BUILD_RESERVE_S = 45.0
 CUDA_DEFAULT = CPU_DEFAULT + ("ours-func-max-autotune", "ours-func-reduce-overhead")
 # Dense bf16 / TF32 tensor-core peaks from the datasheets (SXM parts), for "mfu_nominal".
 NOMINAL_PEAKS = {"H100": {"bf16": 989e12, "tf32": 494e12}, "H200": {"bf16": 989e12,
@@ -267,8 +270,9 @@ class OursRunner:
         step = make_train_step(cfg, amp_dtype=amp_dtype, device_type=device.type,
                                grad_route=route)
         if mode != "eager":
-            step = torch.compile(step, fullgraph=fullgraph,
-                                 mode=None if mode == "compile" else mode)
+            # with the library's Inductor options (electra_fn.compiling), as pretrain_small
+            step = compiling.compile(step, fullgraph=fullgraph,
+                                     mode=None if mode == "compile" else mode)
         self._step = step
         self.params = tree_map(lambda t: t.to(device), params)
         self.opt_state = init_opt_state(self.params)
@@ -480,11 +484,11 @@ def build_variant(name: str, cfg: PretrainConfig, params: dict, device: torch.de
     breaks allowed, which compiles the forward/loss and the update separately.
     """
     impl, route, mode = parse_variant(name)
-    # Keys are CPU tensors; CUDA graphs would skip a graph with a CPU input, so a compiled
-    # step of ours under reduce-overhead gets its keys on the device (the counter-based noise
-    # of compiled code works on any device).
-    keys_device = device if (mode == "reduce-overhead" and impl == "ours") else torch.device(
-        "cpu")
+    # A compiled step of ours takes its key on the device, as experiments.pretrain_small
+    # passes it: its counter-based noise is hashed there, with no CPU ops inside the graph
+    # (and CUDA graphs would skip a graph with a CPU input). Eager steps keep CPU keys: the
+    # native generator is seeded from the key's value, which would sync on a device key.
+    keys_device = device if (mode != "eager" and impl == "ours") else torch.device("cpu")
     # (label, fullgraph, dynamo config): a compiled step of ours first as one graph; the
     # autograd route then with dynamo tracing torch.autograd.grad, then with graph breaks.
     attempts = [(name, True, {})]
@@ -644,6 +648,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls for float32 on GPU")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="seconds for the whole run: no further variant is built (compiled) "
+                         f"once fewer than {BUILD_RESERVE_S:.0f} s are left (it becomes a "
+                         "'not built' row), so a lease-limited run still times what it built")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
@@ -703,6 +711,12 @@ def main(argv=None) -> dict:
     variants: list[Variant] = []
     failures: list[dict] = []
     for name in args.variant_names:
+        left = None if args.time_limit is None else args.time_limit - (time.time() - started)
+        if left is not None and left < BUILD_RESERVE_S:
+            log(f"[{name}] not built: {left:.0f} s left of --time-limit {args.time_limit:g}")
+            failures.append({"variant": name, "error": f"not built: {left:.0f} s left of "
+                                                       f"--time-limit {args.time_limit:g}"})
+            continue
         got, failed = build_variant(name, cfg, params, device, amp_dtype, batch, args.warmup,
                                     log, args.autograd_compile)
         variants += got

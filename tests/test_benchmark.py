@@ -225,3 +225,18 @@ def test_gpu_checks_script_runs_its_device_free_check_on_cpu(tmp_path):
     proc = subprocess.run(base + ["--checks", "nope"], cwd=ROOT, capture_output=True,
                           text=True, timeout=240)
     assert proc.returncode == 2 and "unknown check" in proc.stderr
+
+
+def test_time_limit_stops_building_variants_and_still_reports(tmp_path):
+    """--time-limit: a variant that cannot be built in the time left becomes a 'not built'
+    failure row; the run still writes its JSON (a lease-limited GPU run keeps what it did)."""
+    out = tmp_path / "bench.json"
+    limit = bench.BUILD_RESERVE_S  # less than the reserve is left before the first build
+    r = bench.main(["--preset", "tiny", "--batch-size", "2", "--seq-len", "16", "--steps", "1",
+                    "--rounds", "1", "--variants", "ours-func-eager,hf-eager",
+                    "--no-flop-check", "--peak-seconds", "0.1", "--time-limit", str(limit),
+                    "--json", str(out), "--quiet"])
+    assert r["rows"] == [] and r["fastest_ours"] is None
+    assert [f["variant"] for f in r["failures"]] == ["ours-func-eager", "hf-eager"]
+    assert all(f["error"].startswith("not built:") for f in r["failures"])
+    assert orjson.loads(out.read_bytes())["failures"] == r["failures"]
