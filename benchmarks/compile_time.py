@@ -1,0 +1,105 @@
+"""Cold compile time of the pre-training step: plain ``torch.compile`` vs ``electra_fn.compiling``.
+
+    python benchmarks/compile_time.py --layers 1                 # both, ELECTRA-Small with 1 layer
+    python benchmarks/compile_time.py --layers 12 --which library --device cuda --dtype bf16
+
+Each measurement runs in a fresh subprocess with its own empty Inductor cache directory, so it
+is a cold compile (nothing reused from an earlier run). Prints, per variant, the first call
+(trace + lowering + kernel compilation + one step), the median of a few later steps and the
+loss, and with ``--json`` writes them (orjson).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import statistics, sys, time, orjson, torch
+sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
+from electra_fn import compiling, model, pretrain
+from electra_fn.config import ModelConfig, PretrainConfig
+from electra_fn.tree import tree_map
+import throughput as bench
+which, preset, layers, batch, device, dtype = {args!r}
+device = torch.device(device)
+mcfg = ModelConfig.from_name(preset, num_layers=layers)
+cfg = PretrainConfig(model=mcfg, seq_len=128, batch_size=batch, total_steps=1000,
+                     warmup_steps=100)
+params = tree_map(lambda t: t.to(device), model.init_params(mcfg, 0))
+opt = pretrain.init_opt_state(params)
+data = bench.synthetic_batch(cfg, device, seed=1)
+amp = torch.bfloat16 if dtype == "bf16" else None
+step = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type)
+step = compiling.compile(step) if which == "library" else torch.compile(step, fullgraph=True)
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+t = time.perf_counter()
+params, opt, m = step(params, opt, data, pretrain.step_key(0, 0).to(device))
+sync()
+first = time.perf_counter() - t
+times = []
+for i in range(3):
+    t = time.perf_counter()
+    params, opt, m = step(params, opt, data, pretrain.step_key(0, i + 1).to(device))
+    sync()
+    times.append(time.perf_counter() - t)
+print(orjson.dumps({{"which": which, "first_call_s": first,
+                    "step_ms": 1000 * statistics.median(times),
+                    "loss": float(m["loss"])}}).decode())
+"""
+
+
+def measure(which: str, args) -> dict:
+    import orjson
+
+    with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        code = CHILD.format(root=str(ROOT), bench=str(ROOT / "benchmarks"),
+                            args=(which, args.preset, args.layers, args.batch_size,
+                                  args.device, args.dtype))
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=args.timeout)
+    if proc.returncode != 0:
+        return {"which": which, "error": proc.stderr.strip().splitlines()[-1:]}
+    return orjson.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--which", choices=["both", "plain", "library"], default="both")
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=["float32", "bf16"], default="float32")
+    ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    names = ["plain", "library"] if args.which == "both" else [args.which]
+    rows = []
+    for name in names:
+        r = measure(name, args)
+        rows.append(r)
+        if "error" in r:
+            print(f"{name:8s} failed: {r['error']}", flush=True)
+        else:
+            print(f"{name:8s} first call {r['first_call_s']:7.1f} s, step {r['step_ms']:8.1f} "
+                  f"ms, loss {r['loss']:.4f}", flush=True)
+    if args.json:
+        import orjson
+
+        args.json.write_bytes(orjson.dumps({"args": vars(args) | {"json": str(args.json)},
+                                            "rows": rows}, option=orjson.OPT_INDENT_2))
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
