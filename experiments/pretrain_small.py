@@ -160,6 +160,14 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def grad_route_for(device: torch.device, compiled: bool) -> str:
+    """``torch.func`` compiles as one graph, so compiled steps use it. An eager step on CUDA
+    uses autograd over the leaves: it has less host work per step (H200, batch 128, bf16:
+    172 vs 219 ms/step, benchmarks/results/h200-2026-11-27-eager.md). On CPU the two are
+    within noise and ``func`` is kept (the committed CPU runs used it)."""
+    return "autograd" if (device.type == "cuda" and not compiled) else "func"
+
+
 def step_key_for(seed: int, step: int, device: torch.device, compiled: bool) -> torch.Tensor:
     """The step's key where the step wants it: a compiled step hashes its counter-based noise
     on the device (no CPU ops in the graph); an eager step seeds the native generator from
@@ -412,7 +420,8 @@ def fit_steps_to_budget(cfg: PretrainConfig, data, device, amp, use_compile: boo
     """Time a few real steps on a scratch copy and fit the step count to the time left."""
     params = tree_map(lambda x: x.to(device), model.init_params(cfg.model, cfg.seed))
     opt = pretrain.init_opt_state(params)
-    step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type)
+    step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type,
+                                       grad_route=grad_route_for(device, use_compile))
     if use_compile:
         step_fn = compiling.compile(step_fn)
     it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed)
@@ -475,7 +484,8 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
     n_params = tree_count(params)
     log(f"parameters: {n_params / 1e6:.2f}M (generator + discriminator + shared embeddings)")
 
-    step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type)
+    step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type,
+                                       grad_route=grad_route_for(device, use_compile))
     if use_compile:
         step_fn = compiling.compile(step_fn)
     eval_fn = pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type)

@@ -384,3 +384,14 @@ def test_plot_is_skipped_with_a_note_when_matplotlib_is_missing(tmp_path, monkey
     assert not (tmp_path / "curves.png").exists()
     assert len(said) == 1 and "matplotlib is not installed" in said[0] and "[plot]" in said[0]
 
+
+
+def test_grad_route_per_device_and_mode():
+    """Compiled steps need torch.func (one graph); eager CUDA steps take autograd (less host
+    work); eager CPU steps keep func, which the committed CPU runs used."""
+    from experiments.pretrain_small import grad_route_for
+
+    assert grad_route_for(torch.device("cuda"), compiled=True) == "func"
+    assert grad_route_for(torch.device("cuda"), compiled=False) == "autograd"
+    assert grad_route_for(torch.device("cpu"), compiled=False) == "func"
+    assert grad_route_for(torch.device("cpu"), compiled=True) == "func"
