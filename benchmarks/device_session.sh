@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One prepared call on a lent GPU machine, in three stages with their own time limits (a slow
-# compile in one cannot eat the next one's time; a failed stage leaves the others' files):
+# The whole GPU measurement as one time-limited script, in three stages with their own limits
+# (a slow compile in one cannot eat the next one's time; a failed stage leaves the others' files):
 #   1. the throughput benchmark against Hugging Face (bf16, batch 128) with a profile;
 #   2. a short pre-training run of `python -m experiments.pretrain_small` on the GPU (compiled,
 #      bf16 autocast), its step count fitted from stage 1's measured step time;

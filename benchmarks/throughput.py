@@ -651,7 +651,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--time-limit", type=float, default=None,
                     help="seconds for the whole run: no further variant is built (compiled) "
                          f"once fewer than {BUILD_RESERVE_S:.0f} s are left (it becomes a "
-                         "'not built' row), so a lease-limited run still times what it built")
+                         "'not built' row), so a time-limited run still times what it built")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
