@@ -321,6 +321,24 @@ def test_overwrite_replaces_the_old_runs_checkpoints(tmp_path, cache, resumed_ru
     assert orjson.loads((out / "summary.json").read_bytes())["steps"] == 2
 
 
+def test_compiled_bf16_run_the_gpu_default_path_on_cpu(tmp_path, cache, full_run):
+    """What a CUDA run does by default (compiled step, bf16 autocast, key handed over on the
+    step's device), run on CPU: it trains, logs finite metrics, records the settings, and its
+    float32 master weights are what it saves."""
+    out = tmp_path / "run"
+    r = _ok(_cli(out, cache, "--steps", 3, "--compile", "--dtype", "bf16"))
+    assert "bf16 autocast, compiled" in r.stdout
+    run = orjson.loads((out / "config.json").read_bytes())["run"]
+    assert run["compile"] is True and run["amp"] == "torch.bfloat16"
+    rows = _rows(out / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    assert all(row["loss"] == row["loss"] and row["skipped"] == 0 for row in rows)
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out / "checkpoints"))
+    assert state["step"] == 3
+    assert all(v.dtype == torch.float32 for v in flat_dict(state["params"]).values())
+    assert orjson.loads((out / "summary.json").read_bytes())["steps"] == 3
+
+
 # -- interruption --------------------------------------------------------------------------
 def _interrupted_run(out, cache, signals: int) -> tuple[int, str, str]:
     """Start a long run, send ``signals`` SIGINTs once it has logged a step; (rc, out, err)."""
