@@ -61,7 +61,9 @@ def adamw_update(params: Tree, grads: Tree, state: dict, lr: torch.Tensor, *,
 
     # Math in float32, or float64 for float64 params (used by the reference tests); the
     # per-leaf casts are skipped when there is nothing to cast (host time, eagerly).
-    p_math = [p.to(torch.promote_types(p.dtype, torch.float32)) for p in p_leaves]
+    p_math = p_leaves
+    if any(p.dtype not in (torch.float32, torch.float64) for p in p_leaves):
+        p_math = [p.to(torch.promote_types(p.dtype, torch.float32)) for p in p_leaves]
     if any(g.dtype != p.dtype for g, p in zip(g_leaves, p_math)):
         g_leaves = [g.to(p.dtype) for g, p in zip(g_leaves, p_math)]
     m_new = torch._foreach_add(torch._foreach_mul(m_leaves, b1), g_leaves, alpha=1.0 - b1)

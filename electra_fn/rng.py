@@ -57,6 +57,15 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
+# key() and fold_in() arithmetic, on int64 tensors or on Python ints alike.
+def _key(seed):
+    return _mix32((seed & _M32) ^ _GOLDEN)
+
+
+def _fold_in(k, data):
+    return _mix32((_mix32(k) + (data & _M32) * 0x165667B1 + 0x632BE5AB) & _M32)
+
+
 def _eager_cpu_scalar(k) -> bool:
     """A plain CPU 0-d tensor outside tracing: its value can be read for free."""
     return (type(k) is torch.Tensor and k.dim() == 0 and k.device.type == "cpu"
@@ -67,21 +76,19 @@ def _eager_cpu_scalar(k) -> bool:
 def key(seed: int | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """A key from an integer seed."""
     if isinstance(seed, int) and (device is None or torch.device(device).type == "cpu"):
-        return torch.tensor(_mix32((seed & _M32) ^ _GOLDEN), dtype=torch.int64)
-    seed_t = torch.as_tensor(seed, dtype=torch.int64, device=device)
-    return _mix32((seed_t & _M32) ^ _GOLDEN)
+        return torch.tensor(_key(seed), dtype=torch.int64)
+    return _key(torch.as_tensor(seed, dtype=torch.int64, device=device))
 
 
 def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
     """A new key from ``k`` and an integer (a step, a layer index, a purpose tag)."""
     if isinstance(data, int) and _eager_cpu_scalar(k):
-        # The same arithmetic on Python ints (_mix32 works on both): one tensor instead of
-        # ~20 tiny tensor ops, which were a visible share of an eager step's host time.
-        return torch.tensor(_mix32((_mix32(int(k)) + (data & _M32) * 0x165667B1
-                                    + 0x632BE5AB) & _M32), dtype=torch.int64)
+        # The same arithmetic on Python ints: one tensor instead of ~20 tiny tensor ops,
+        # which were a visible share of an eager step's host time.
+        return torch.tensor(_fold_in(int(k), data), dtype=torch.int64)
     data_t = torch.as_tensor(data, dtype=torch.int64, device=k.device) if not isinstance(
         data, torch.Tensor) else data.to(torch.int64)
-    return _mix32((_mix32(k) + (data_t & _M32) * 0x165667B1 + 0x632BE5AB) & _M32)
+    return _fold_in(k, data_t)
 
 
 def bits(k: torch.Tensor, shape: tuple[int, ...],

@@ -168,6 +168,13 @@ def grad_route_for(device: torch.device, compiled: bool) -> str:
     return "autograd" if (device.type == "cuda" and not compiled) else "func"
 
 
+def make_step_fn(cfg: PretrainConfig, device: torch.device, amp, use_compile: bool):
+    """The run's train step: its gradient route for the device and mode, compiled or not."""
+    step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type,
+                                       grad_route=grad_route_for(device, use_compile))
+    return compiling.compile(step_fn) if use_compile else step_fn
+
+
 def step_key_for(seed: int, step: int, device: torch.device, compiled: bool) -> torch.Tensor:
     """The step's key where the step wants it: a compiled step hashes its counter-based noise
     on the device (no CPU ops in the graph); an eager step seeds the native generator from
@@ -420,10 +427,7 @@ def fit_steps_to_budget(cfg: PretrainConfig, data, device, amp, use_compile: boo
     """Time a few real steps on a scratch copy and fit the step count to the time left."""
     params = tree_map(lambda x: x.to(device), model.init_params(cfg.model, cfg.seed))
     opt = pretrain.init_opt_state(params)
-    step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type,
-                                       grad_route=grad_route_for(device, use_compile))
-    if use_compile:
-        step_fn = compiling.compile(step_fn)
+    step_fn = make_step_fn(cfg, device, amp, use_compile)
     it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed)
     times = []
     for i in range(BUDGET_TIMED_STEPS + 1):  # the first call warms up (or compiles)
@@ -484,10 +488,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
     n_params = tree_count(params)
     log(f"parameters: {n_params / 1e6:.2f}M (generator + discriminator + shared embeddings)")
 
-    step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type,
-                                       grad_route=grad_route_for(device, use_compile))
-    if use_compile:
-        step_fn = compiling.compile(step_fn)
+    step_fn = make_step_fn(cfg, device, amp, use_compile)
     eval_fn = pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type)
     valid_batches = make_valid_batches(data, cfg.batch_size)
     metrics_path, eval_path = out / "metrics.jsonl", out / "eval.jsonl"
