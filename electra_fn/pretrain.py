@@ -24,7 +24,7 @@ from .tree import tree_leaves, tree_map, tree_unflatten, tree_flatten
 Params = dict
 Batch = dict
 # Purposes folded into a step's key.
-_K_MASK_POS, _K_MASK_KEEP, _K_GEN, _K_GUMBEL, _K_DISC = range(5)
+_K_MASK_POS, _K_MASK_KEEP, _K_GEN, _K_GUMBEL, _K_DISC, _K_PROPOSAL = range(6)
 
 
 def step_key(seed: int, step: int | torch.Tensor) -> torch.Tensor:
@@ -52,16 +52,10 @@ def electra_forward(params: Params, batch: Batch, key: torch.Tensor, cfg: Pretra
     ``train=False`` turns dropout off (the masking and sampling noise still come from ``key``).
     """
     mcfg = cfg.model
-    ids_BxL = batch["input_ids"]
     types_BxL = batch.get("token_type_ids")
     mask_BxL = batch["attention_mask"]
-    B, Lx = ids_BxL.shape
-    P = cfg.max_predictions
-    dev = ids_BxL.device
-    noise = {"position_u_BxL": rnglib.uniform(rnglib.fold_in(key, _K_MASK_POS), (B, Lx), dev),
-             "keep_u_BxP": rnglib.uniform(rnglib.fold_in(key, _K_MASK_KEEP), (B, P), dev)}
-    mb = masking.mask_batch(ids_BxL, noise, max_predictions=P, mask_prob=cfg.mask_prob,
-                            mask_token_id=MASK_ID, special_ids=(PAD_ID, CLS_ID, SEP_ID, MASK_ID))
+    dev = batch["input_ids"].device
+    mb = _mask(batch, key, cfg)
     gen_key = rnglib.fold_in(key, _K_GEN) if train else None
     gen_logits_BxPxV = model.generator_logits(params, mb["masked_ids_BxL"], types_BxL, mask_BxL,
                                               mcfg, positions_BxP=mb["positions_BxP"],
@@ -94,6 +88,89 @@ def electra_forward(params: Params, batch: Batch, key: torch.Tensor, cfg: Pretra
     if not train:
         metrics["disc_auc"] = losses.rtd_auc(disc_logits_BxL, fake["is_replaced_BxL"], mask_BxL)
     return loss, metrics
+
+
+def _mask(batch: Batch, key: torch.Tensor, cfg: PretrainConfig) -> dict:
+    """The step's masking (masking.mask_batch) with its noise drawn from ``key``."""
+    ids_BxL = batch["input_ids"]
+    B, Lx = ids_BxL.shape
+    P = cfg.max_predictions
+    dev = ids_BxL.device
+    noise = {"position_u_BxL": rnglib.uniform(rnglib.fold_in(key, _K_MASK_POS), (B, Lx), dev),
+             "keep_u_BxP": rnglib.uniform(rnglib.fold_in(key, _K_MASK_KEEP), (B, P), dev)}
+    return masking.mask_batch(ids_BxL, noise, max_predictions=P, mask_prob=cfg.mask_prob,
+                              mask_token_id=MASK_ID,
+                              special_ids=(PAD_ID, CLS_ID, SEP_ID, MASK_ID))
+
+
+def proposal_logits(kind: str, vocab_size: int, token_counts_V=None) -> torch.Tensor:
+    """Log-weights [V] of a fixed replacement distribution for :func:`fixed_proposal_metrics`:
+    ``"uniform"`` (every non-special token alike) or ``"unigram"`` (token frequencies, from
+    ``token_counts_V``, e.g. counted over the training data). Special tokens get -inf."""
+    if kind == "uniform":
+        w_V = torch.ones(vocab_size, dtype=torch.float64)
+    elif kind == "unigram":
+        if token_counts_V is None:
+            raise ValueError("proposal 'unigram' needs token_counts_V")
+        w_V = torch.as_tensor(token_counts_V, dtype=torch.float64).clone()
+        if w_V.shape != (vocab_size,):
+            raise ValueError(f"token_counts_V has shape {tuple(w_V.shape)}, expected "
+                             f"({vocab_size},)")
+    else:
+        raise ValueError(f"proposal kind {kind!r}: expected 'uniform' or 'unigram'")
+    w_V[[PAD_ID, CLS_ID, SEP_ID, MASK_ID]] = 0.0
+    if not bool((w_V > 0).any()):
+        raise ValueError(f"proposal {kind!r} puts no weight on any ordinary token")
+    return torch.log(w_V).to(torch.float32)
+
+
+def fixed_proposal_batch(batch: Batch, key: torch.Tensor, cfg: PretrainConfig,
+                         logits_V: torch.Tensor) -> dict:
+    """The discriminator's input when the masked positions (those :func:`electra_forward`
+    masks with ``key``) are refilled by draws from softmax(``logits_V``) [V]:
+    ``disc_ids_BxL``, ``is_replaced_BxL`` (see sampling.replace_tokens) and ``positions_BxP``,
+    ``weights_BxP`` of the masking."""
+    ids_BxL = batch["input_ids"]
+    mb = _mask(batch, key, cfg)
+    B, P = mb["positions_BxP"].shape
+    # Inverse-CDF draws (one uniform per slot, not a [B, P, V] Gumbel tensor): the proposal is
+    # the same for every slot. Zero-probability tokens have empty intervals and never come up.
+    cdf_V = torch.cumsum(torch.softmax(logits_V.to(ids_BxL.device, torch.float64), 0), 0)
+    u_BxP = rnglib.uniform(rnglib.fold_in(key, _K_PROPOSAL), (B, P), ids_BxL.device)
+    sampled_BxP = torch.searchsorted(cdf_V, u_BxP.to(torch.float64) * cdf_V[-1], right=True)
+    sampled_BxP = sampled_BxP.clamp_max(cdf_V.shape[0] - 1)
+    fake = sampling.replace_tokens(mb["masked_ids_BxL"], mb["positions_BxP"], sampled_BxP,
+                                   mb["labels_BxP"], mb["weights_BxP"])
+    return {**fake, "positions_BxP": mb["positions_BxP"], "weights_BxP": mb["weights_BxP"]}
+
+
+def fixed_proposal_metrics(params: Params, batch: Batch, key: torch.Tensor,
+                           cfg: PretrainConfig, logits_V: torch.Tensor) -> dict:
+    """Discriminator metrics (dropout off) on the step's masked positions refilled from a FIXED
+    distribution ``logits_V`` instead of the generator.
+
+    The usual held-out metrics score the discriminator against the current generator, whose
+    samples get harder to spot as it learns, so they mix the two networks' progress. Against
+    a fixed proposal the task is the same at every evaluation: the scores measure the
+    discriminator alone. Masking is the same as :func:`electra_forward` with the same key;
+    a sample equal to the original counts as original, as in training.
+    """
+    mask_BxL = batch["attention_mask"]
+    fake = fixed_proposal_batch(batch, key, cfg, logits_V)
+    disc_logits_BxL = model.discriminator_logits(params, fake["disc_ids_BxL"],
+                                                 batch.get("token_type_ids"), mask_BxL,
+                                                 cfg.model, key=None)
+    rtd = losses.rtd_loss(disc_logits_BxL, fake["is_replaced_BxL"], mask_BxL)
+    n_real = mask_BxL.to(torch.float32).sum()
+    return {
+        "disc_loss": rtd["loss"],
+        "disc_accuracy": rtd["accuracy"],
+        "disc_replaced_accuracy": rtd["replaced_accuracy"],
+        "disc_original_accuracy": rtd["original_accuracy"],
+        "disc_auc": losses.rtd_auc(disc_logits_BxL, fake["is_replaced_BxL"], mask_BxL),
+        "replaced_fraction": fake["is_replaced_BxL"].to(torch.float32).sum() / n_real,
+        "tokens": n_real,
+    }
 
 
 def _where_tree(cond: torch.Tensor, a, b):
@@ -159,12 +236,21 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
 
 
 def make_eval_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None,
-                   device_type: str = "cpu") -> Callable:
-    """``eval_step(params, batch, key) -> metrics`` with dropout off."""
+                   device_type: str = "cpu", proposals: dict | None = None) -> Callable:
+    """``eval_step(params, batch, key) -> metrics`` with dropout off.
+
+    ``proposals`` maps a name to fixed replacement log-weights [V] (:func:`proposal_logits`);
+    for each, :func:`fixed_proposal_metrics` is added as ``"{name}/{metric}"``.
+    """
+    proposals = dict(proposals or {})
 
     def eval_step(params: Params, batch: Batch, key: torch.Tensor) -> dict:
         with torch.no_grad(), _autocast(amp_dtype, device_type):
             _, metrics = electra_forward(params, batch, key, cfg, train=False)
+            metrics = dict(metrics)
+            for name, logits_V in proposals.items():
+                fixed = fixed_proposal_metrics(params, batch, key, cfg, logits_V)
+                metrics.update({f"{name}/{k}": v for k, v in fixed.items()})
         return metrics
 
     return eval_step

@@ -6,10 +6,12 @@
 
 Without arguments on a CPU the run is budgeted to about 15 minutes of wall time: the number of
 steps is measured and fitted to ``--time-budget`` and the learning-rate schedule is scaled to
-it. On a GPU the defaults are the paper's (batch 128, sequence 128, 1M steps, bf16 autocast,
-compiled step). Writes into ``--out``: ``config.json``, ``metrics.jsonl``, ``eval.jsonl``,
-``checkpoints/``, ``tokenizer/``, ``hf/{discriminator,generator}`` (Hugging Face layout),
-``summary.json`` and ``curves.png``.
+it; the step runs eagerly, in bf16 autocast where the CPU has native bf16. On a GPU the
+defaults are the paper's (batch 128, sequence 128, 1M steps, bf16 autocast, compiled step).
+The held-out evaluations also score the discriminator on replacements drawn from two fixed
+distributions (uniform, and the training data's token frequencies). Writes into ``--out``:
+``config.json``, ``metrics.jsonl``, ``eval.jsonl``, ``checkpoints/``, ``tokenizer/``,
+``hf/{discriminator,generator}`` (Hugging Face layout), ``summary.json`` and ``curves.png``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ EXIT_BAD_INPUT = 2
 CPU_DEFAULT_BUDGET_S = 15 * 60
 CPU_DEFAULT_BATCH = 16
 EVAL_BATCHES = 8
+# One held-out batch (generator + discriminator forward, then a discriminator forward per fixed
+# proposal) in training steps: 5.2 s for 8 batches against 0.94 s/step (2-core CPU, bf16).
+EVAL_BATCH_STEPS = 0.7
 BUDGET_TIMED_STEPS = 3  # timed steps after the warm-up call when fitting a --time-budget
 BUDGET_MARGIN = 0.05  # share of the fitted time kept back for a machine that slows down
 # Runs shorter than this use bias-corrected Adam and a 10% warmup (see main()).
@@ -121,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=["auto", "float32", "bf16"], default="auto",
-                   help="auto = bf16 autocast on CUDA, float32 elsewhere")
+                   help="auto = bf16 autocast on CUDA and on CPUs with native bf16 "
+                        "(AVX512-BF16/AMX), float32 elsewhere; a resumed run keeps its own")
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="torch.compile the train step (default on CUDA)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
@@ -161,11 +167,43 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def grad_route_for(device: torch.device, compiled: bool) -> str:
-    """``torch.func`` compiles as one graph, so compiled steps use it. An eager step on CUDA
-    uses autograd over the leaves: it has less host work per step (H200, batch 128, bf16:
-    172 vs 219 ms/step, benchmarks/results/h200-2026-11-27-eager.md). On CPU the two are
-    within noise and ``func`` is kept (the committed CPU runs used it)."""
-    return "autograd" if (device.type == "cuda" and not compiled) else "func"
+    """``torch.func`` compiles as one graph, so compiled steps use it. An eager step uses
+    autograd over the leaves: less host work per step on CUDA (H200, batch 128, bf16: 172 vs
+    219 ms/step, benchmarks/results/h200-2026-11-27-eager.md) and less time on CPU too
+    (2-core CPU, batch 16 x 128: 1,418 vs 1,682 ms float32, 900 vs 934 ms bf16;
+    benchmarks/results/cpu-2026-11-27-route-dtype.md)."""
+    return "func" if compiled else "autograd"
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16 on x86, BF16 on
+    Arm): there bf16 autocast runs a step ~1.6x faster than float32; elsewhere it would be
+    emulated and slower. Read from the kernel's CPU flags (Linux); False when unknown."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_amp(dtype: str, device: torch.device, recorded: str | None = None):
+    """The autocast dtype (None = float32) for ``--dtype``. ``auto``: a resumed run keeps the
+    dtype it was started with (``recorded``, from its checkpoint) so it continues exactly;
+    a new one gets bf16 on CUDA and on CPUs with native bf16, float32 elsewhere."""
+    if dtype == "bf16":
+        return torch.bfloat16
+    if dtype == "float32":
+        return None
+    if recorded is not None:
+        return torch.bfloat16 if recorded == str(torch.bfloat16) else None
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return None
 
 
 def make_step_fn(cfg: PretrainConfig, device: torch.device, amp, use_compile: bool):
@@ -184,28 +222,62 @@ def step_key_for(seed: int, step: int, device: torch.device, compiled: bool) -> 
 
 
 def evaluate(eval_step, params, valid_batches, seed: int, device) -> dict:
-    """Token-weighted held-out metrics over fixed batches with fixed noise (comparable over time)."""
+    """Token-weighted held-out metrics over fixed batches with fixed noise (comparable over time).
+
+    Keys ``"{name}/..."`` (the fixed-proposal metrics) are weighted by their own replaced
+    fraction, the others by the generator's."""
     sums: dict[str, float] = {}
-    weights = {"gen_loss": "masked_tokens", "gen_accuracy": "masked_tokens"}
     totals: dict[str, float] = {}
     for i, batch in enumerate(valid_batches):
         m = eval_step(params, to_device(batch, device), pretrain.step_key(seed + 1_000_003, i))
         m = {k: float(v) for k, v in m.items()}
-        m["replaced_tokens"] = m["replaced_fraction"] * m["tokens"]
+        tokens = m["tokens"]
         for k, v in m.items():
-            if k in ("masked_tokens", "tokens", "replaced_tokens"):
+            prefix, _, name = k.rpartition("/")
+            if name in ("masked_tokens", "tokens"):
                 continue
-            if k in ("disc_replaced_accuracy", "disc_auc"):
-                w = m["replaced_tokens"]
-            elif k == "disc_original_accuracy":
-                w = m["tokens"] - m["replaced_tokens"]
+            replaced = m[f"{prefix}/replaced_fraction" if prefix else "replaced_fraction"] * tokens
+            if name in ("gen_loss", "gen_accuracy"):
+                w = m["masked_tokens"]
+            elif name in ("disc_replaced_accuracy", "disc_auc"):
+                w = replaced
+            elif name == "disc_original_accuracy":
+                w = tokens - replaced
             else:
-                w = m[weights.get(k, "tokens")]
+                w = tokens
             sums[k] = sums.get(k, 0.0) + v * w
             totals[k] = totals.get(k, 0.0) + w
     out = {k: sums[k] / max(totals[k], 1e-9) for k in sums}
     out["loss"] = out["gen_loss"] + 50.0 * out["disc_loss"]
     return out
+
+
+def eval_line(step: int, e: dict) -> str:
+    """The one-line held-out report printed at each evaluation."""
+    line = (f"held-out at step {step}: gen acc {e['gen_accuracy']:.3f}, disc acc "
+            f"{e['disc_accuracy']:.3f} (replaced {e['disc_replaced_accuracy']:.3f}, original "
+            f"{e['disc_original_accuracy']:.3f}), disc AUC {e['disc_auc']:.3f}")
+    fixed = [f"{name} {e[f'{name}/disc_replaced_accuracy']:.3f}/"
+             f"{e[f'{name}/disc_original_accuracy']:.3f}"
+             for name in PROPOSALS if f"{name}/disc_replaced_accuracy" in e]
+    if fixed:
+        line += "; fixed replacements (replaced/original acc): " + ", ".join(fixed)
+    return line
+
+
+# Fixed replacement distributions the held-out evaluation also scores the discriminator on.
+PROPOSALS = ("uniform", "unigram")
+
+
+def make_proposals(data: pdata.PretrainData, vocab_size: int) -> dict[str, torch.Tensor]:
+    """``uniform`` and ``unigram`` (token frequencies of the training split) log-weights."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(data.train_ids).reshape(-1).astype(np.int64),
+                         minlength=vocab_size)[:vocab_size]
+    return {"uniform": pretrain.proposal_logits("uniform", vocab_size),
+            "unigram": pretrain.proposal_logits("unigram", vocab_size,
+                                                torch.from_numpy(counts))}
 
 
 def make_valid_batches(data: pdata.PretrainData, batch_size: int) -> list[dict]:
@@ -237,7 +309,8 @@ def plot_curves(out: Path, rows: list[dict], evals: list[dict], log=print) -> Pa
 
     if not rows:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fixed = [n for n in PROPOSALS if evals and all(f"{n}/disc_auc" in e for e in evals)]
+    fig, axes = plt.subplots(1, 4 if fixed else 3, figsize=(20 if fixed else 15, 4))
     steps = [r["step"] for r in rows]
     axes[0].plot(steps, [r["gen_loss"] for r in rows], label="generator MLM loss")
     axes[0].plot(steps, [r["disc_loss"] * 50 for r in rows], label="50 × discriminator loss")
@@ -256,6 +329,17 @@ def plot_curves(out: Path, rows: list[dict], evals: list[dict], log=print) -> Pa
             if all(k in e for e in evals):
                 axes[2].plot(es, [e[k] for e in evals], marker="o", label=lab)
         axes[2].set_xlabel("step"), axes[2].set_title("held-out accuracy"), axes[2].legend()
+    if fixed:
+        es = [e["step"] for e in evals]
+        axes[3].plot(es, [e["disc_auc"] for e in evals], marker="o", color="0.5",
+                     label="AUC, generator's samples")
+        for n in fixed:
+            line, = axes[3].plot(es, [e[f"{n}/disc_auc"] for e in evals], marker="o",
+                                 label=f"AUC, {n} replacements")
+            axes[3].plot(es, [e[f"{n}/disc_replaced_accuracy"] for e in evals], marker="x",
+                         linestyle="--", color=line.get_color(), label=f"on replaced, {n}")
+        axes[3].set_xlabel("step"), axes[3].set_title("held-out discriminator, fixed proposals")
+        axes[3].legend()
     fig.tight_layout()
     path = out / "curves.png"
     fig.savefig(path, dpi=100)
@@ -292,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.time()
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
-    amp = torch.bfloat16 if (args.dtype == "bf16" or (args.dtype == "auto" and on_gpu)) else None
+    amp = resolve_amp(args.dtype, device)
     use_compile = on_gpu if args.compile is None else args.compile
     out = Path(args.out)
     ckpt_dir = out / "checkpoints"
@@ -323,6 +407,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{resume_from}: config does not describe a pre-training run ({e})")
         # flags that define the run may be repeated on --resume, but must agree with it
         run = saved.get("run") or {}
+        amp = resolve_amp(args.dtype, device, recorded=run.get("amp"))
         for flag, field, have in (
                 ("preset", "preset", run.get("preset")),
                 ("seq_len", "seq_len", cfg.seq_len),
@@ -412,11 +497,14 @@ def run(args: argparse.Namespace) -> int:
             old.unlink()
     else:
         run_info = state["config"]["run"]
+    dtype_text = "bf16 autocast" if amp else "float32"
+    if amp and device.type == "cpu" and args.dtype == "auto" and state is None:
+        dtype_text += " (this CPU has native bf16; --dtype float32 to train in float32)"
     log(f"model: {cfg.model.name} (generator ×{cfg.model.generator_multiplier:g}), vocab "
         f"{cfg.model.vocab_size}; batch {cfg.batch_size} × seq {cfg.seq_len}; "
         f"{cfg.total_steps} steps, warmup {cfg.warmup_steps}, peak lr {cfg.learning_rate:.3g}"
         f"{', bias-corrected Adam' if cfg.adam_bias_correction else ''}; "
-        f"device {device}, {'bf16 autocast' if amp else 'float32'}, "
+        f"device {device}, {dtype_text}, "
         f"{'compiled' if use_compile else 'eager'}")
     return train(cfg, run_info, data, tokenizer, out, device, amp, use_compile, state, args,
                  t_start, log)
@@ -451,11 +539,11 @@ def steps_for_budget(times: list[float], budget_s: float, spent_s: float, use_co
     """(steps, seconds per step) that fit ``budget_s`` given the timed calls ``times`` (the
     first one a warm-up or compile) and ``spent_s`` already used. The pace is the median of the
     timed steps (the fastest one was too optimistic on a busy machine); six held-out
-    evaluations (a forward pass ~ 1/3 of a step per batch), 25 s of saving and export, and a
+    evaluations (``EVAL_BATCH_STEPS`` of a step per batch), 25 s of saving and export, and a
     compile's extra first-call time are reserved, and ``margin`` of what is left is kept back."""
     margin = BUDGET_MARGIN if margin is None else margin
     step_s = statistics.median(times[1:])
-    evals_s = 6 * eval_batches * step_s / 3
+    evals_s = 6 * eval_batches * step_s * EVAL_BATCH_STEPS
     reserve = 25.0 + evals_s + (times[0] - step_s if use_compile else 0.0)
     left = (budget_s - spent_s - sum(times) - reserve) * (1.0 - margin)
     return max(1, int(left / step_s)), step_s
@@ -489,7 +577,8 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
     log(f"parameters: {n_params / 1e6:.2f}M (generator + discriminator + shared embeddings)")
 
     step_fn = make_step_fn(cfg, device, amp, use_compile)
-    eval_fn = pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type)
+    eval_fn = pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type,
+                                      proposals=make_proposals(data, cfg.model.vocab_size))
     valid_batches = make_valid_batches(data, cfg.batch_size)
     metrics_path, eval_path = out / "metrics.jsonl", out / "eval.jsonl"
     config_blob = {"pretrain": cfg.to_dict(), "run": run_info}
@@ -518,9 +607,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
     if step == 0:
         e = evaluate(eval_fn, params, valid_batches, cfg.seed, device)
         append_jsonl(eval_path, {"step": 0, **e})
-        log(f"held-out at step 0: gen acc {e['gen_accuracy']:.3f}, disc acc "
-            f"{e['disc_accuracy']:.3f} (replaced {e['disc_replaced_accuracy']:.3f}, original "
-            f"{e['disc_original_accuracy']:.3f}), disc AUC {e['disc_auc']:.3f}")
+        log(eval_line(0, e))
     log_every = args.log_every or max(1, min(50, cfg.total_steps // 100 or 1))
     # three evaluations inside the run (a quarter apart) and the final one at the last step
     eval_every = args.eval_every or max(1, -(-cfg.total_steps // 4))
@@ -571,10 +658,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
             if step % eval_every == 0 and step < cfg.total_steps:
                 e = evaluate(eval_fn, params, valid_batches, cfg.seed, device)
                 append_jsonl(eval_path, {"step": step, **e})
-                bar.write(f"held-out at step {step}: gen acc {e['gen_accuracy']:.3f}, disc acc "
-                          f"{e['disc_accuracy']:.3f} (replaced {e['disc_replaced_accuracy']:.3f}, "
-                          f"original {e['disc_original_accuracy']:.3f}), disc AUC "
-                          f"{e['disc_auc']:.3f}")
+                bar.write(eval_line(step, e))
             if time.time() - last_save >= args.save_every:
                 save("periodic")
                 last_save = time.time()
@@ -617,14 +701,19 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
     plot = None if args.no_plot else plot_curves(out, rows, evals, log)
     log("")
     log(f"done: {step} steps in {fmt_time(wall)} on {device}")
-    log(f"{'held-out':<28}{'step ' + str(first['step']):>12}{'step ' + str(step):>12}")
+    log(f"{'held-out':<34}{'step ' + str(first['step']):>12}{'step ' + str(step):>12}")
     for k, lab in (("gen_accuracy", "generator MLM accuracy"),
                    ("disc_accuracy", "discriminator accuracy"),
                    ("disc_replaced_accuracy", "  on replaced tokens"),
                    ("disc_original_accuracy", "  on original tokens"),
                    ("disc_auc", "discriminator ROC AUC"),
-                   ("gen_loss", "generator loss"), ("disc_loss", "discriminator loss")):
-        log(f"{lab:<28}{first[k]:>12.4f}{final[k]:>12.4f}")
+                   ("gen_loss", "generator loss"), ("disc_loss", "discriminator loss"),
+                   *((f"{n}/disc_replaced_accuracy", f"{n} replacements: replaced")
+                     for n in PROPOSALS),
+                   *((f"{n}/disc_original_accuracy", f"{n} replacements: original")
+                     for n in PROPOSALS)):
+        if k in first and k in final:  # a run resumed from an older release lacks some
+            log(f"{lab:<34}{first[k]:>12.4f}{final[k]:>12.4f}")
     log(f"Hugging Face export: {out / 'hf'}; metrics: {metrics_path}"
         + (f"; plot: {plot}" if plot else ""))
     return exit_code

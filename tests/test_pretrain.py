@@ -201,7 +201,7 @@ def test_steps_for_budget():
     steps, step_s = steps_for_budget(times, 900.0, 60.0, use_compile=False, eval_batches=8,
                                      margin=0.0)
     assert step_s == 1.5
-    reserve = 25.0 + 6 * 8 * 1.5 / 3
+    reserve = 25.0 + 6 * 8 * 1.5 * 0.7  # six evaluations of 8 batches, 0.7 step each
     assert steps == int((900 - 60 - sum(times) - reserve) / 1.5)
     with_margin, _ = steps_for_budget(times, 900.0, 60.0, use_compile=False, eval_batches=8,
                                       margin=0.05)
@@ -313,6 +313,97 @@ def test_eval_step_has_no_dropout_and_is_pure():
         torch.testing.assert_close(m1[k], train_no_drop[k], atol=1e-6, rtol=1e-6, msg=k)
     assert not torch.equal(m1["disc_loss"], train_drop["disc_loss"])  # dropout was on there
     assert all(not v.requires_grad for v in m1.values())
+
+
+# -- fixed-proposal evaluation -------------------------------------------------------------
+
+def test_proposal_logits():
+    V = CFG.model.vocab_size
+    special = [PAD_ID, CLS_ID, SEP_ID, 3, 4]
+    uni = pretrain.proposal_logits("uniform", V)
+    assert uni.shape == (V,) and uni.dtype == torch.float32
+    from electra_fn.config import MASK_ID
+    assert torch.isinf(uni[[PAD_ID, CLS_ID, SEP_ID, MASK_ID]]).all()
+    ordinary = torch.ones(V, dtype=torch.bool)
+    ordinary[[PAD_ID, CLS_ID, SEP_ID, MASK_ID]] = False
+    assert torch.equal(uni[ordinary], torch.zeros(int(ordinary.sum())))
+    counts = torch.arange(V, dtype=torch.float64)
+    counts[special] = 1000.0  # counts of special ids are ignored
+    gram = pretrain.proposal_logits("unigram", V, counts)
+    probs = torch.softmax(gram.double(), 0)
+    expected = torch.where(ordinary, counts, torch.zeros_like(counts))
+    torch.testing.assert_close(probs, expected / expected.sum(), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="unigram"):
+        pretrain.proposal_logits("unigram", V)
+    with pytest.raises(ValueError, match="shape"):
+        pretrain.proposal_logits("unigram", V, torch.ones(V + 1))
+    with pytest.raises(ValueError, match="no weight"):
+        pretrain.proposal_logits("unigram", V, torch.zeros(V))
+    with pytest.raises(ValueError, match="bigram"):
+        pretrain.proposal_logits("bigram", V)
+
+
+def test_fixed_proposal_batch_masks_like_training_and_samples_the_proposal():
+    batch = _batch()
+    V = CFG.model.vocab_size
+    key = pretrain.step_key(7, 11)
+    # point mass on token 42: every changed position holds 42, and the replaced positions are
+    # exactly the masked slots whose original token was not 42
+    point = torch.full((V,), float("-inf"))
+    point[42] = 0.0
+    fake = pretrain.fixed_proposal_batch(batch, key, CFG, point)
+    mb = pretrain._mask(batch, key, CFG)
+    assert torch.equal(fake["positions_BxP"], mb["positions_BxP"])
+    real = mb["weights_BxP"] > 0
+    rows = torch.arange(CFG.batch_size)[:, None].expand_as(mb["positions_BxP"])
+    changed = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+    changed[rows[real], mb["positions_BxP"][real]] = True
+    assert torch.equal(fake["disc_ids_BxL"][changed], torch.full((int(changed.sum()),), 42))
+    assert torch.equal(fake["disc_ids_BxL"][~changed], batch["input_ids"][~changed])
+    assert torch.equal(fake["is_replaced_BxL"], changed & (batch["input_ids"] != 42))
+    # a two-token proposal with odds 1:3, over many keys: the draws follow it
+    two = torch.full((V,), float("-inf"))
+    two[10], two[11] = 0.0, float(torch.log(torch.tensor(3.0)))
+    n10 = n11 = 0
+    for i in range(150):
+        f = pretrain.fixed_proposal_batch(batch, pretrain.step_key(1, i), CFG, two)
+        m = pretrain._mask(batch, pretrain.step_key(1, i), CFG)
+        r = m["weights_BxP"] > 0
+        written = f["disc_ids_BxL"].gather(1, m["positions_BxP"])[r]
+        n10 += int((written == 10).sum())
+        n11 += int((written == 11).sum())
+    n = n10 + n11
+    assert n > 1000
+    assert abs(n11 / n - 0.75) < 4 * (0.75 * 0.25 / n) ** 0.5, (n10, n11)
+
+
+def test_fixed_proposal_metrics_score_the_discriminator():
+    params, _ = _init()
+    batch = _batch()
+    key = pretrain.step_key(0, 5)
+    uni = pretrain.proposal_logits("uniform", CFG.model.vocab_size)
+    m = pretrain.fixed_proposal_metrics(params, batch, key, CFG, uni)
+    fake = pretrain.fixed_proposal_batch(batch, key, CFG, uni)
+    real = batch["attention_mask"].bool()
+    frac = fake["is_replaced_BxL"][real].float().mean()
+    torch.testing.assert_close(m["replaced_fraction"], frac)
+    assert 0 < float(frac) < 0.2
+    # a discriminator that calls everything replaced (or everything original)
+    for bias, rep, orig in ((30.0, 1.0, 0.0), (-30.0, 0.0, 1.0)):
+        p = _clone(params)
+        p["discriminator"]["head"]["out"]["bias"] = torch.full_like(
+            p["discriminator"]["head"]["out"]["bias"], bias)
+        mm = pretrain.fixed_proposal_metrics(p, batch, key, CFG, uni)
+        assert float(mm["disc_replaced_accuracy"]) == pytest.approx(rep, abs=1e-5)
+        assert float(mm["disc_original_accuracy"]) == pytest.approx(orig, abs=1e-5)
+        torch.testing.assert_close(mm["disc_accuracy"], frac if rep else 1 - frac, atol=1e-5,
+                                   rtol=0)
+    # in the eval step, under the proposal's name, next to the generator's metrics
+    eval_step = pretrain.make_eval_step(CFG, proposals={"uniform": uni})
+    e = eval_step(params, batch, key)
+    base = pretrain.make_eval_step(CFG)(params, batch, key)
+    assert _trees_equal({k: v for k, v in e.items() if "/" not in k}, base)
+    assert _trees_equal({k.split("/")[1]: v for k, v in e.items() if "/" in k}, m)
 
 
 # -- checkpoints ---------------------------------------------------------------------------

@@ -115,6 +115,10 @@ def test_run_writes_all_outputs(full_run):
     for e in evals:
         assert {"gen_accuracy", "disc_accuracy", "disc_replaced_accuracy",
                 "disc_original_accuracy", "gen_loss", "disc_loss"} <= set(e)
+        for name in ("uniform", "unigram"):  # the fixed-proposal scores, every evaluation
+            for k in ("disc_replaced_accuracy", "disc_original_accuracy", "disc_auc"):
+                assert 0 <= e[f"{name}/{k}"] <= 1, (name, k, e)
+            assert 0.05 < e[f"{name}/replaced_fraction"] < 0.2
 
     assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step_00000006.pt"]
     state = ckpt.load_checkpoint(out / "checkpoints" / "step_00000006.pt")
@@ -405,11 +409,85 @@ def test_plot_is_skipped_with_a_note_when_matplotlib_is_missing(tmp_path, monkey
 
 
 def test_grad_route_per_device_and_mode():
-    """Compiled steps need torch.func (one graph); eager CUDA steps take autograd (less host
-    work); eager CPU steps keep func, which the committed CPU runs used."""
+    """Compiled steps need torch.func (one graph); eager steps take autograd (less host work
+    on CUDA, less time on CPU)."""
     from experiments.pretrain_small import grad_route_for
 
     assert grad_route_for(torch.device("cuda"), compiled=True) == "func"
     assert grad_route_for(torch.device("cuda"), compiled=False) == "autograd"
-    assert grad_route_for(torch.device("cpu"), compiled=False) == "func"
+    assert grad_route_for(torch.device("cpu"), compiled=False) == "autograd"
     assert grad_route_for(torch.device("cpu"), compiled=True) == "func"
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}
+bugs\t\t: sysret_ss_attrs
+
+processor\t: 1
+flags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}
+"""
+
+
+@pytest.mark.parametrize("extra, native", [("avx512_bf16 avx512_vnni", True),
+                                           ("amx_bf16 amx_tile", True),
+                                           ("avx512_vnni", False), ("", False)])
+def test_cpu_native_bf16_read_from_cpu_flags(tmp_path, extra, native):
+    from experiments.pretrain_small import cpu_has_native_bf16
+
+    f = tmp_path / "cpuinfo"
+    f.write_text(_CPUINFO.format(extra=extra))
+    assert cpu_has_native_bf16(str(f)) is native
+    # Arm lists its extensions under "Features"
+    f.write_text("processor : 0\nFeatures : fp asimd " + ("bf16 i8mm" if native else "sve"))
+    assert cpu_has_native_bf16(str(f)) is native
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_dtype_auto_resolution(monkeypatch):
+    """--dtype auto: bf16 on CUDA and on CPUs with native bf16, float32 on other CPUs; a resumed
+    run keeps the dtype recorded in its checkpoint; explicit choices always win."""
+    from experiments import pretrain_small as ps
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native in (True, False):
+        monkeypatch.setattr(ps, "cpu_has_native_bf16", lambda native=native: native)
+        assert ps.resolve_amp("auto", cpu) is (torch.bfloat16 if native else None)
+        assert ps.resolve_amp("auto", cuda) is torch.bfloat16
+        assert ps.resolve_amp("float32", cuda) is None
+        assert ps.resolve_amp("bf16", cpu) is torch.bfloat16
+        # resume: the recorded dtype, whatever this machine would pick for a new run
+        assert ps.resolve_amp("auto", cpu, recorded="None") is None
+        assert ps.resolve_amp("auto", cpu, recorded="torch.bfloat16") is torch.bfloat16
+        assert ps.resolve_amp("float32", cpu, recorded="torch.bfloat16") is None
+
+
+def test_evaluate_weights_each_metric_by_its_own_tokens():
+    """Held-out metrics are token-weighted over batches: generator ones by masked tokens,
+    replaced-token ones by that batch's replaced tokens (the generator's, or a fixed
+    proposal's own), original-token ones by the rest."""
+    from experiments.pretrain_small import evaluate
+
+    rows = [
+        {"gen_loss": 1.0, "gen_accuracy": 0.0, "disc_loss": 0.2, "disc_accuracy": 0.9,
+         "disc_replaced_accuracy": 1.0, "disc_original_accuracy": 0.5, "disc_auc": 0.6,
+         "replaced_fraction": 0.1, "masked_tokens": 10.0, "tokens": 100.0,
+         "u/disc_replaced_accuracy": 0.0, "u/disc_original_accuracy": 1.0,
+         "u/replaced_fraction": 0.5, "u/tokens": 100.0, "u/disc_auc": 1.0},
+        {"gen_loss": 3.0, "gen_accuracy": 1.0, "disc_loss": 0.4, "disc_accuracy": 0.7,
+         "disc_replaced_accuracy": 0.0, "disc_original_accuracy": 1.0, "disc_auc": 0.9,
+         "replaced_fraction": 0.3, "masked_tokens": 30.0, "tokens": 300.0,
+         "u/disc_replaced_accuracy": 1.0, "u/disc_original_accuracy": 0.0,
+         "u/replaced_fraction": 0.1, "u/tokens": 300.0, "u/disc_auc": 0.0},
+    ]
+    it = iter(rows)
+    e = evaluate(lambda params, batch, key: {k: torch.tensor(v) for k, v in next(it).items()},
+                 None, [{}, {}], seed=0, device=torch.device("cpu"))
+    assert e["gen_accuracy"] == pytest.approx(30 / 40)           # masked tokens 10 : 30
+    assert e["disc_loss"] == pytest.approx((0.2 * 100 + 0.4 * 300) / 400)
+    assert e["disc_replaced_accuracy"] == pytest.approx(10 / (10 + 90))  # replaced 10 : 90
+    assert e["disc_original_accuracy"] == pytest.approx((0.5 * 90 + 210) / 300)
+    assert e["u/disc_replaced_accuracy"] == pytest.approx(30 / 80)  # its own: 50 : 30
+    assert e["u/disc_original_accuracy"] == pytest.approx(50 / 320)  # 50 : 270
+    assert e["u/disc_auc"] == pytest.approx(50 / 80)
+    assert e["loss"] == pytest.approx(e["gen_loss"] + 50 * e["disc_loss"])
