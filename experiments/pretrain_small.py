@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 import torch
 
@@ -271,8 +272,6 @@ PROPOSALS = ("uniform", "unigram")
 
 def make_proposals(data: pdata.PretrainData, vocab_size: int) -> dict[str, torch.Tensor]:
     """``uniform`` and ``unigram`` (token frequencies of the training split) log-weights."""
-    import numpy as np
-
     counts = np.bincount(np.asarray(data.train_ids).reshape(-1).astype(np.int64),
                          minlength=vocab_size)[:vocab_size]
     return {"uniform": pretrain.proposal_logits("uniform", vocab_size),
@@ -702,16 +701,16 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
     log("")
     log(f"done: {step} steps in {fmt_time(wall)} on {device}")
     log(f"{'held-out':<34}{'step ' + str(first['step']):>12}{'step ' + str(step):>12}")
-    for k, lab in (("gen_accuracy", "generator MLM accuracy"),
-                   ("disc_accuracy", "discriminator accuracy"),
-                   ("disc_replaced_accuracy", "  on replaced tokens"),
-                   ("disc_original_accuracy", "  on original tokens"),
-                   ("disc_auc", "discriminator ROC AUC"),
-                   ("gen_loss", "generator loss"), ("disc_loss", "discriminator loss"),
-                   *((f"{n}/disc_replaced_accuracy", f"{n} replacements: replaced")
-                     for n in PROPOSALS),
-                   *((f"{n}/disc_original_accuracy", f"{n} replacements: original")
-                     for n in PROPOSALS)):
+    shown = [("gen_accuracy", "generator MLM accuracy"),
+             ("disc_accuracy", "discriminator accuracy"),
+             ("disc_replaced_accuracy", "  on replaced tokens"),
+             ("disc_original_accuracy", "  on original tokens"),
+             ("disc_auc", "discriminator ROC AUC"),
+             ("gen_loss", "generator loss"), ("disc_loss", "discriminator loss")]
+    for n in PROPOSALS:
+        shown += [(f"{n}/disc_replaced_accuracy", f"{n} replacements: replaced"),
+                  (f"{n}/disc_original_accuracy", f"{n} replacements: original")]
+    for k, lab in shown:
         if k in first and k in final:  # a run resumed from an older release lacks some
             log(f"{lab:<34}{first[k]:>12.4f}{final[k]:>12.4f}")
     log(f"Hugging Face export: {out / 'hf'}; metrics: {metrics_path}"
