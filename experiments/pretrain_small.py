@@ -47,6 +47,11 @@ EVAL_BATCHES = 8
 EVAL_BATCH_STEPS = 0.7
 BUDGET_TIMED_STEPS = 3  # timed steps after the warm-up call when fitting a --time-budget
 BUDGET_MARGIN = 0.05  # share of the fitted time kept back for a machine that slows down
+# A budgeted eager run re-fits its step count once, from the pace of its own steps 3 to
+# REFIT_AT (the three scratch steps timed before the run can be off by a third on a machine
+# still settling), a tenth of the way in but no earlier than step 20.
+REFIT_AT_MIN = 20
+FINISH_RESERVE_S = 25.0  # the final save, Hugging Face export and plot
 # Runs shorter than this use bias-corrected Adam and a 10% warmup (see main()).
 SHORT_RUN_STEPS = 100_000
 
@@ -543,9 +548,29 @@ def steps_for_budget(times: list[float], budget_s: float, spent_s: float, use_co
     margin = BUDGET_MARGIN if margin is None else margin
     step_s = statistics.median(times[1:])
     evals_s = 6 * eval_batches * step_s * EVAL_BATCH_STEPS
-    reserve = 25.0 + evals_s + (times[0] - step_s if use_compile else 0.0)
+    reserve = FINISH_RESERVE_S + evals_s + (times[0] - step_s if use_compile else 0.0)
     left = (budget_s - spent_s - sum(times) - reserve) * (1.0 - margin)
     return max(1, int(left / step_s)), step_s
+
+
+def refit_point(total_steps: int) -> int | None:
+    """The step at which a budgeted run re-fits its step count, or None for a run too short to
+    measure its pace (fewer than ten timed steps before the halfway point)."""
+    at = max(REFIT_AT_MIN, total_steps // 10)
+    return at if at <= total_steps // 2 else None
+
+
+def refit_steps(step: int, step_s: float, budget_s: float, elapsed_s: float,
+                evals_left: int, eval_s: float, cap: int | None = None,
+                margin: float | None = None) -> int:
+    """The run's total step count re-fitted at ``step``: the steps that fit what is left of
+    ``budget_s`` after ``elapsed_s`` at the measured ``step_s``, keeping back ``evals_left``
+    evaluations of ``eval_s`` (measured at step 0), the finishing reserve and the margin;
+    never fewer than ``step + 1``, never more than ``cap``."""
+    margin = BUDGET_MARGIN if margin is None else margin
+    left = (budget_s - elapsed_s - FINISH_RESERVE_S - evals_left * eval_s) * (1.0 - margin)
+    total = step + max(1, int(left / step_s))
+    return min(total, cap) if cap else total
 
 
 def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, device, amp,
@@ -603,13 +628,28 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
 
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
+    eval_s = None
     if step == 0:
+        t_eval = time.time()
         e = evaluate(eval_fn, params, valid_batches, cfg.seed, device)
+        eval_s = time.time() - t_eval
         append_jsonl(eval_path, {"step": 0, **e})
         log(eval_line(0, e))
-    log_every = args.log_every or max(1, min(50, cfg.total_steps // 100 or 1))
-    # three evaluations inside the run (a quarter apart) and the final one at the last step
-    eval_every = args.eval_every or max(1, -(-cfg.total_steps // 4))
+
+    def cadence(total: int) -> tuple[int, int]:
+        # three evaluations inside the run (a quarter apart) and the final one at the last step
+        return (args.log_every or max(1, min(50, total // 100 or 1)),
+                args.eval_every or max(1, -(-total // 4)))
+
+    log_every, eval_every = cadence(cfg.total_steps)
+    # A fresh budgeted eager run re-fits its step count once from its own pace (a compiled
+    # step would have to be compiled again with the new schedule; a resumed run keeps the
+    # schedule its checkpoint recorded, so resume stays exact).
+    budget_s = run_info.get("time_budget_s")
+    refit_at = (refit_point(cfg.total_steps)
+                if state is None and budget_s and not use_compile and eval_s is not None
+                else None)
+    pace_t0, paused = None, 0.0
     it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed,
                        start=position)
     bar = tqdm(total=cfg.total_steps, initial=step, desc="pre-training", unit="step",
@@ -627,6 +667,31 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
                                      step_key_for(cfg.seed, step, device, use_compile))
             step += 1
             window_steps += 1
+            if refit_at is not None and step in (3, refit_at):
+                float(m["loss"])  # the device has finished the step
+                if step == 3:
+                    pace_t0, paused = time.time(), 0.0
+                else:
+                    step_s = (time.time() - pace_t0 - paused) / (refit_at - 3)
+                    evals_left = sum(1 for k in range(step + 1, cfg.total_steps)
+                                     if k % eval_every == 0) + 1
+                    total = refit_steps(step, step_s, budget_s, time.time() - t_start,
+                                        evals_left, eval_s, cap=args.steps)
+                    fit = {"fitted_steps": cfg.total_steps, "refit_at": step,
+                           "s_per_step": step_s, "steps": total}
+                    if total != cfg.total_steps:
+                        cfg = cfg.replace(total_steps=total)
+                        step_fn = make_step_fn(cfg, device, amp, use_compile)
+                        log_every, eval_every = cadence(total)
+                        bar.total = total
+                        bar.refresh()
+                    run_info = {**run_info, "budget_refit": fit}
+                    config_blob = {"pretrain": cfg.to_dict(), "run": run_info}
+                    write_json(out / "config.json", {**config_blob, "data": data.stats})
+                    bar.write(f"budget: {step_s:.2f} s/step over steps 4-{step} → {total} steps "
+                              f"(fitted before the run: {fit['fitted_steps']}; the lr decays to "
+                              f"0 at the new end)")
+                    refit_at = None
             consecutive_bad = (consecutive_bad + m["skipped"]) * m["skipped"]
             for k, v in m.items():
                 acc[k] = acc[k] + v if k in acc else v
@@ -654,6 +719,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
                     return 3
                 acc, window_t, window_steps = {}, now, 0
             bar.update(1)
+            t_pause = time.time()
             if step % eval_every == 0 and step < cfg.total_steps:
                 e = evaluate(eval_fn, params, valid_batches, cfg.seed, device)
                 append_jsonl(eval_path, {"step": step, **e})
@@ -661,6 +727,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
             if time.time() - last_save >= args.save_every:
                 save("periodic")
                 last_save = time.time()
+            paused += time.time() - t_pause
             if args.stop_at_step is not None and step >= args.stop_at_step:
                 bar.close()
                 save("--stop-at-step")

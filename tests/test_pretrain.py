@@ -214,6 +214,20 @@ def test_steps_for_budget():
     assert steps_for_budget(times, 10.0, 60.0, use_compile=False)[0] == 1
 
 
+def test_refit_point_and_steps():
+    from experiments.pretrain_small import FINISH_RESERVE_S, refit_point, refit_steps
+    assert refit_point(829) == 82 and refit_point(300) == 30 and refit_point(150) == 20 and refit_point(40) == 20
+    assert refit_point(39) is None and refit_point(5) is None
+    # step 82 after 150 s of a 900 s budget at 1.05 s/step, four 6 s evaluations left
+    left = (900 - 150 - FINISH_RESERVE_S - 4 * 6.0) * 0.95
+    assert refit_steps(82, 1.05, 900.0, 150.0, 4, 6.0) == 82 + int(left / 1.05)
+    assert refit_steps(82, 1.05, 900.0, 150.0, 4, 6.0, margin=0.0) == 82 + int(
+        (900 - 150 - FINISH_RESERVE_S - 24.0) / 1.05)
+    assert refit_steps(82, 1.05, 900.0, 150.0, 4, 6.0, cap=500) == 500
+    # a budget already spent still takes one more step
+    assert refit_steps(82, 1.05, 100.0, 150.0, 4, 6.0) == 83
+
+
 def test_loss_decreases_on_a_repeated_batch():
     """Overfitting one small batch: generator loss falls, discriminator accuracy rises."""
     cfg = CFG.replace(seq_len=16, learning_rate=2e-3, total_steps=1000)

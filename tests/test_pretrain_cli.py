@@ -394,6 +394,51 @@ def test_a_second_sigint_aborts_at_once_and_leaves_checkpoints_whole(tmp_path, c
     assert not (out / "summary.json").exists()
 
 
+def test_budgeted_run_refits_its_steps_to_its_own_pace(tmp_path, cache, full_run,
+                                                       monkeypatch):
+    """The scratch steps the budget fit times run at full speed, the run's own steps slower
+    (as on a machine still settling, the other way round): the run re-fits once, at
+    ``refit_point``, to fewer steps, ends there, and its learning rate decays to 0 there."""
+    from experiments import pretrain_small
+
+    made = []
+
+    def make_step_fn(*a, **kw):
+        fn = real(*a, **kw)
+        made.append(fn)
+        if len(made) == 1:  # the budget fit's scratch copy
+            return fn
+
+        def slow(*args):
+            time.sleep(0.03)
+            return fn(*args)
+        return slow
+
+    real = pretrain_small.make_step_fn
+    monkeypatch.setattr(pretrain_small, "make_step_fn", make_step_fn)
+    monkeypatch.setattr(pretrain_small, "FINISH_RESERVE_S", 0.5)
+    out = tmp_path / "run"
+    r = _main_in_process(_args(out, cache, "--time-budget", "8s"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    config = orjson.loads((out / "config.json").read_bytes())
+    fit = config["run"]["budget_refit"]
+    assert fit["refit_at"] == pretrain_small.refit_point(fit["fitted_steps"])
+    assert fit["s_per_step"] >= 0.03
+    assert fit["steps"] < fit["fitted_steps"], fit
+    assert config["pretrain"]["total_steps"] == fit["steps"]
+    assert f"→ {fit['steps']} steps (fitted before the run: {fit['fitted_steps']}" in r.stdout
+    assert len(made) == 3  # the scratch step, the run's, and the run's re-fitted one
+    rows = _rows(out / "metrics.jsonl")
+    assert rows[-1]["step"] == fit["steps"]
+    assert orjson.loads((out / "summary.json").read_bytes())["steps"] == fit["steps"]
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out / "checkpoints"))
+    assert state["step"] == fit["steps"]
+    assert state["config"]["pretrain"]["total_steps"] == fit["steps"]
+    # the schedule was rebuilt: the last logged lr is near 0, not mid-way down the old one
+    peak = config["pretrain"]["learning_rate"]
+    assert rows[-1]["lr"] < 0.05 * peak
+
+
 def test_plot_is_skipped_with_a_note_when_matplotlib_is_missing(tmp_path, monkeypatch):
     """matplotlib is an optional extra: without it a finished run must not crash at the end."""
     from experiments import pretrain_small
