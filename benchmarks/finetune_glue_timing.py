@@ -29,6 +29,10 @@ def main() -> None:
     p.add_argument("--eval-rows", type=int, default=256)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--compile", default="eager", choices=("eager", "static", "dynamic"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bf16"),
+                   help="bf16: autocast with float32 master weights")
+    p.add_argument("--grad-route", default=None, choices=("func", "autograd"),
+                   help="default: the library's for the compile mode (autograd when eager)")
     p.add_argument("--cache-dir", default="runs/cache")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -40,6 +44,8 @@ def main() -> None:
     from electra_fn.data.glue import bucket_batches, get_task, load_task
     from electra_fn.data.tokenizer import load_tokenizer
 
+    amp = torch.bfloat16 if args.dtype == "bf16" else None
+    route = args.grad_route or FT.default_grad_route(args.compile)
     tok = load_tokenizer(args.tokenizer)
     cfg = ModelConfig.from_name(args.preset, vocab_size=tok.vocab_size)
     ft_cfg = FinetuneConfig()
@@ -50,8 +56,9 @@ def main() -> None:
                            cache_dir=args.cache_dir, tokenizer_id=tok.fingerprint)
         train = splits["train"]
         sub = FT.subsample(train, args.train_rows // (2 if spec.double_unordered else 1))
-        step = FT.cached_step(cfg, ft_cfg, spec.num_labels, spec.is_regression, 1000,
-                              args.compile)
+        step = FT.compile_fn(FT.make_finetune_step(
+            cfg, ft_cfg, spec.num_labels, spec.is_regression, 1000, amp_dtype=amp,
+            grad_route=route), args.compile)
         params = FT.init_finetune(None, cfg, spec.num_labels, 0)
         state = FT.init_finetune_state(params)
         batches = bucket_batches(sub, ft_cfg.batch_size, shuffle=True,
@@ -66,7 +73,7 @@ def main() -> None:
         m["loss"].item()
         train_s = time.perf_counter() - t0
         dev = FT.subsample(splits[spec.dev_splits[0]], args.eval_rows)
-        predict = FT.cached_predict(cfg, args.compile)
+        predict = FT.cached_predict(cfg, args.compile, amp)
         FT.predict_split(predict, params, FT.subsample(dev, 8), is_regression=spec.is_regression)
         t0 = time.perf_counter()
         FT.predict_split(predict, params, dev, is_regression=spec.is_regression)
@@ -86,6 +93,7 @@ def main() -> None:
               f" | eval {eval_per_1k:5.1f} s/1k | full seed ({len(train)} rows x {epochs} ep + "
               f"{n_eval} eval) ≈ {full_s / 3600:.2f} h", flush=True)
     meta = {"preset": args.preset, "threads": torch.get_num_threads(), "compile": args.compile,
+            "dtype": args.dtype, "grad_route": route, "torch": torch.__version__,
             "batch_size": ft_cfg.batch_size, "max_len": ft_cfg.max_len}
     if args.out:
         with open(args.out, "wb") as f:

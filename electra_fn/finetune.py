@@ -21,7 +21,6 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from torch.func import grad_and_value
 
 from . import compiling, losses, model, optim
 from . import rng as rnglib
@@ -29,7 +28,7 @@ from .config import FinetuneConfig, ModelConfig
 from .data.glue import EncodedSplit, TaskSpec, bucket_batches, get_task
 from .hf import CheckpointError, load_hf
 from .metrics import glue_score, main_metric, task_metrics
-from .pretrain import init_opt_state
+from .pretrain import _autocast, grad_fn, init_opt_state
 from .tree import tree_leaves, tree_map
 
 Params = dict
@@ -87,7 +86,7 @@ def finetune_lr_scales(ft_params: Params, model_cfg: ModelConfig, ft_cfg: Finetu
 def task_loss(ft_params: Params, batch: Batch, key: torch.Tensor | None, cfg: ModelConfig,
               is_regression: bool) -> tuple[torch.Tensor, dict]:
     """(loss, metrics) of one batch: MSE on logits[:, 0] (regression) or cross entropy."""
-    logits_BxC = classifier_logits_of(ft_params, batch, cfg, key)
+    logits_BxC = classifier_logits_of(ft_params, batch, cfg, key).float()  # bf16 under autocast
     labels_B = batch["labels"]
     if is_regression:
         loss = losses.regression_loss(logits_BxC[:, 0], labels_B)
@@ -103,13 +102,23 @@ def classifier_logits_of(ft_params: Params, batch: Batch, cfg: ModelConfig,
                                    batch["attention_mask"], cfg, key)
 
 
+def default_grad_route(mode: CompileMode) -> str:
+    """``"func"`` when compiled (one graph), autograd eagerly (measured faster, see
+    pretrain_small.grad_route_for)."""
+    return "autograd" if mode == "eager" else "func"
+
+
 def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_labels: int,
-                       is_regression: bool, total_steps: int) -> Callable:
+                       is_regression: bool, total_steps: int, *,
+                       amp_dtype: torch.dtype | None = None, device_type: str = "cpu",
+                       grad_route: str = "func") -> Callable:
     """Build the pure ``step(ft_params, opt_state, batch, key)`` (wrap with :func:`compile_fn`).
 
     ``batch`` holds input_ids, token_type_ids, attention_mask [B, L] and labels [B] (int64
     class ids, or float32 scores when ``is_regression``); other keys are ignored. ``metrics``
     are 0-d tensors: loss, grad_norm, lr (and accuracy for classification).
+    ``amp_dtype=torch.bfloat16`` runs the network under autocast (float32 master weights,
+    optimizer and loss); ``grad_route`` as in :func:`electra_fn.pretrain.grad_fn`.
     """
     if is_regression and num_labels != 1:
         raise ValueError(f"regression needs num_labels=1, got {num_labels}")
@@ -120,7 +129,10 @@ def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_label
     warmup = num_warmup_steps(total_steps, ft_cfg.warmup_fraction)
 
     def loss_fn(ft_params, batch, key):
-        return task_loss(ft_params, batch, key, model_cfg, is_regression)
+        with _autocast(amp_dtype, device_type):
+            return task_loss(ft_params, batch, key, model_cfg, is_regression)
+
+    grads_of = grad_fn(loss_fn, grad_route)
 
     def step(ft_params: Params, opt_state: dict, batch: Batch, key: torch.Tensor):
         # Python constants from the tree's paths: recomputed each call (~1 ms eagerly; folded
@@ -128,7 +140,7 @@ def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_label
         # call fail its guards and recompile.
         lr_scale = finetune_lr_scales(ft_params, model_cfg, ft_cfg)
         decay_mask = optim.default_decay_mask(ft_params)
-        grads, (loss, metrics) = grad_and_value(loss_fn, has_aux=True)(ft_params, batch, key)
+        grads, (loss, metrics) = grads_of(ft_params, batch, key)
         grads, gnorm = optim.clip_by_global_norm(grads, ft_cfg.clip_norm)
         step_t = opt_state["step"]
         lr = optim.electra_lr(step_t, peak_lr=ft_cfg.learning_rate, total_steps=total_steps,
@@ -144,12 +156,14 @@ def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_label
     return step
 
 
-def make_predict(model_cfg: ModelConfig) -> Callable:
-    """``predict(ft_params, batch) -> logits [B, C]`` in eval mode (no dropout, no grad)."""
+def make_predict(model_cfg: ModelConfig, *, amp_dtype: torch.dtype | None = None,
+                 device_type: str = "cpu") -> Callable:
+    """``predict(ft_params, batch) -> float32 logits [B, C]`` in eval mode (no dropout, no
+    grad), under autocast when ``amp_dtype`` is given."""
 
     def predict(ft_params: Params, batch: Batch) -> torch.Tensor:
-        with torch.no_grad():
-            return classifier_logits_of(ft_params, batch, model_cfg, None)
+        with torch.no_grad(), _autocast(amp_dtype, device_type):
+            return classifier_logits_of(ft_params, batch, model_cfg, None).float()
 
     return predict
 
@@ -174,16 +188,21 @@ def compile_fn(fn: Callable, mode: CompileMode, backend: str = "inductor") -> Ca
 
 @functools.lru_cache(maxsize=8)
 def cached_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_labels: int,
-                is_regression: bool, total_steps: int, mode: CompileMode) -> Callable:
+                is_regression: bool, total_steps: int, mode: CompileMode,
+                amp_dtype: torch.dtype | None = None, device_type: str = "cpu") -> Callable:
     """The (compiled) step for these static arguments, built once: every seed of a task
     reuses its graphs instead of recompiling for a new closure."""
     return compile_fn(make_finetune_step(model_cfg, ft_cfg.replace(seed=0), num_labels,
-                                         is_regression, total_steps), mode)
+                                         is_regression, total_steps, amp_dtype=amp_dtype,
+                                         device_type=device_type,
+                                         grad_route=default_grad_route(mode)), mode)
 
 
 @functools.lru_cache(maxsize=8)
-def cached_predict(model_cfg: ModelConfig, mode: CompileMode) -> Callable:
-    return compile_fn(make_predict(model_cfg), mode)
+def cached_predict(model_cfg: ModelConfig, mode: CompileMode,
+                   amp_dtype: torch.dtype | None = None, device_type: str = "cpu") -> Callable:
+    return compile_fn(make_predict(model_cfg, amp_dtype=amp_dtype, device_type=device_type),
+                      mode)
 
 
 def default_compile_mode(device: str | torch.device) -> CompileMode:
@@ -257,8 +276,10 @@ ProgressFn = Callable[[int, int, int, dict], None]  # (step, total_steps, rows, 
 def train(ft_params: Params, train_split: EncodedSplit, model_cfg: ModelConfig,
           ft_cfg: FinetuneConfig, task: str | TaskSpec, *, seed: int,
           compile_mode: CompileMode = "eager", device: str | torch.device = "cpu",
+          amp_dtype: torch.dtype | None = None,
           progress: ProgressFn | None = None) -> tuple[Params, dict]:
-    """Fine-tune for the task's epochs on length-bucketed batches shuffled by (seed, epoch).
+    """Fine-tune for the task's epochs on length-bucketed batches shuffled by (seed, epoch);
+    ``amp_dtype=torch.bfloat16`` trains under autocast with float32 master weights.
 
     Returns (ft_params, info) with info = total_steps, epochs, examples, first/last losses.
     Metrics handed to ``progress`` are tensors: read them (``.item()``) only when logging.
@@ -271,7 +292,7 @@ def train(ft_params: Params, train_split: EncodedSplit, model_cfg: ModelConfig,
     if total == 0:
         raise ValueError(f"{spec.name}: empty training split {train_split.path}")
     step_fn = cached_step(model_cfg, ft_cfg, spec.num_labels, spec.is_regression, total,
-                          compile_mode)
+                          compile_mode, amp_dtype, device.type)
     opt_state = init_finetune_state(ft_params)
     base_key = rnglib.key(seed)  # keys stay on the CPU (electra_fn.rng)
     losses_seen: list[torch.Tensor] = []
@@ -296,6 +317,7 @@ def train(ft_params: Params, train_split: EncodedSplit, model_cfg: ModelConfig,
 def run_seed(pretrained: Params | None, model_cfg: ModelConfig, splits: dict[str, EncodedSplit],
              task: str | TaskSpec, ft_cfg: FinetuneConfig, seed: int, *,
              compile_mode: CompileMode = "eager", device: str | torch.device = "cpu",
+             amp_dtype: torch.dtype | None = None,
              progress: ProgressFn | None = None, eval_batch_size: int = 128) -> dict:
     """Fine-tune one seed on ``splits["train"]``; evaluate every dev split; predict every test
     split. ``pretrained=None`` initialises from scratch (from ``seed``). Returns metrics (the
@@ -307,9 +329,10 @@ def run_seed(pretrained: Params | None, model_cfg: ModelConfig, splits: dict[str
     ft_params = init_finetune(pretrained, model_cfg, spec.num_labels, seed)
     ft_params = tree_map(lambda t: t.to(device), ft_params)
     ft_params, info = train(ft_params, splits["train"], model_cfg, ft_cfg, spec, seed=seed,
-                            compile_mode=compile_mode, device=device, progress=progress)
+                            compile_mode=compile_mode, device=device, amp_dtype=amp_dtype,
+                            progress=progress)
     train_s = time.perf_counter() - t0
-    predict = cached_predict(model_cfg, compile_mode)
+    predict = cached_predict(model_cfg, compile_mode, amp_dtype, device.type)
     kw = dict(is_regression=spec.is_regression, batch_size=eval_batch_size,
               pad_to_multiple_of=pad_multiple_for(compile_mode), device=device)
     metrics: dict[str, float] = {}

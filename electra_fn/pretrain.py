@@ -177,6 +177,29 @@ def _where_tree(cond: torch.Tensor, a, b):
     return tree_map(lambda x, y: torch.where(cond, x, y), a, b)
 
 
+GRAD_ROUTES = ("func", "autograd")
+
+
+def grad_fn(loss_fn: Callable, grad_route: str = "func") -> Callable:
+    """``(params, *args) -> (grads, (loss, aux))`` of ``loss_fn(params, *args) -> (loss, aux)``
+    by ``torch.func.grad_and_value`` (``"func"``: one graph when compiled) or by
+    ``torch.autograd.grad`` over detached leaves (``"autograd"``: faster eagerly)."""
+    if grad_route not in GRAD_ROUTES:
+        raise ValueError(f"grad_route={grad_route!r}: expected 'func' or 'autograd'")
+    if grad_route == "func":
+        return grad_and_value(loss_fn, has_aux=True)
+
+    def grads_of(params, *args):
+        leaves, spec = tree_flatten(params)
+        leaves = [p.detach().requires_grad_(True) for p in leaves]
+        with torch.enable_grad():
+            loss, aux = loss_fn(tree_unflatten(leaves, spec), *args)
+            g = torch.autograd.grad(loss, leaves)
+        return tree_unflatten(list(g), spec), (loss.detach(), aux)
+
+    return grads_of
+
+
 def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None,
                     device_type: str = "cpu", grad_route: str = "func") -> Callable:
     """Build the pure ``train_step`` for ``cfg`` (compile it with ``torch.compile``).
@@ -187,22 +210,11 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
     A non-finite loss or gradient skips the update (params and moments unchanged) and reports
     ``metrics["skipped"] = 1``.
     """
-    if grad_route not in ("func", "autograd"):
-        raise ValueError(f"grad_route={grad_route!r}: expected 'func' or 'autograd'")
-
     def loss_fn(params, batch, key):
         with _autocast(amp_dtype, device_type):
             return electra_forward(params, batch, key, cfg, train=True)
 
-    def grads_of(params, batch, key):
-        if grad_route == "func":
-            return grad_and_value(loss_fn, has_aux=True)(params, batch, key)
-        leaves, spec = tree_flatten(params)
-        leaves = [p.detach().requires_grad_(True) for p in leaves]
-        with torch.enable_grad():
-            loss, metrics = loss_fn(tree_unflatten(leaves, spec), batch, key)
-            g = torch.autograd.grad(loss, leaves)
-        return tree_unflatten(list(g), spec), (loss.detach(), metrics)
+    grads_of = grad_fn(loss_fn, grad_route)
 
     def train_step(params: Params, opt_state: dict, batch: Batch, key: torch.Tensor):
         # Recomputed per call (a pure function of the tree's paths; traced away when compiled):

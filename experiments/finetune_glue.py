@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "original's uncorrected one")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bf16"),
+                   help="auto (default): bf16 autocast with float32 master weights on CUDA "
+                        "and on CPUs with native bf16, float32 elsewhere")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's). On a CPU shared with other "
                    "jobs, 1 can be several times faster than oversubscribed threads")
@@ -123,12 +126,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from experiments.pretrain_small import UserError, resolve_device
+    from experiments.pretrain_small import UserError, resolve_amp, resolve_device
     try:
-        args.device = str(resolve_device(args.device))
+        device = resolve_device(args.device)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    args.device = str(device)
+    amp = resolve_amp(args.dtype, device)
+    dtype_text = "bf16 autocast" if amp else "float32"
 
     from electra_fn import finetune as FT
     from electra_fn.config import FinetuneConfig
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     init = "random init" if args.from_scratch else ckpt_info["checkpoint"]
     print(f"model {model_cfg.name}: {init}; tokenizer {ckpt_info['tokenizer']} (vocab "
-          f"{tokenizer.vocab_size}); device {args.device}, {mode}; seeds {seeds}",
+          f"{tokenizer.vocab_size}); device {args.device}, {dtype_text}, {mode}; seeds {seeds}",
           file=sys.stderr)
     title = "GLUE dev results" + (" (from scratch)" if args.from_scratch else "")
 
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             with bar:
                 run = FT.run_seed(params, model_cfg, splits, spec, ft_cfg.replace(seed=seed),
                                   seed, compile_mode=mode, device=args.device,
-                                  progress=progress)
+                                  amp_dtype=amp, progress=progress)
             main = main_metric(spec.name)
             print(f"{spec.name} seed {seed}: {main} {100 * run['metrics'][main]:.2f} "
                   f"({run['wall_s']:.0f} s)", file=sys.stderr)
@@ -221,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                                        [n for n, _ in v.skipped[:5]]}
                                    for s, v in splits.items()}},
             config={"finetune": ft_cfg.to_dict(), "model": model_cfg.to_dict(), **ckpt_info,
-                    "device": args.device, "compile": mode, "seeds": seeds,
+                    "device": args.device, "dtype": dtype_text, "compile": mode,
+                    "seeds": seeds,
                     "epochs": epochs, "max_len": max_len},
             seconds_per_1000_examples_per_epoch=1000 * sum(r["train_s"] for r in runs)
             / (len(runs) * epochs * n_train))

@@ -155,6 +155,50 @@ def test_step_is_pure_and_deterministic(regression):
     assert all(t.ndim == 0 for t in out1[2].values())
 
 
+@pytest.mark.parametrize("regression", [False, True])
+def test_autograd_route_matches_func_route(regression):
+    """The eager default (autograd over the leaves) computes the func route's step."""
+    n = 1 if regression else 2
+    params = FT.init_finetune(None, TINY, n, 3)
+    state = FT.init_finetune_state(params)
+    state["step"] = torch.tensor(12)
+    batch, key = _batch(seed=4, regression=regression), FT.finetune_key(1, 12)
+    outs = [FT.make_finetune_step(TINY, FinetuneConfig(), n, regression, 40,
+                                  grad_route=route)(params, state, batch, key)
+            for route in ("func", "autograd")]
+    torch.testing.assert_close(outs[1][2], outs[0][2], rtol=1e-5, atol=1e-7)
+    for a, b in zip(tree_leaves(outs[1][:2]), tree_leaves(outs[0][:2])):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert FT.default_grad_route("eager") == "autograd"
+    assert FT.default_grad_route("dynamic") == "func" == FT.default_grad_route("static")
+    with pytest.raises(ValueError, match="grad_route"):
+        FT.make_finetune_step(TINY, FinetuneConfig(), 2, False, 10, grad_route="jvp")
+
+
+def test_bf16_autocast_step_and_predict():
+    """Under bf16 autocast the weights, moments, loss and logits stay float32 and the step
+    follows the float32 one (bf16 matmuls: ~3 significant digits)."""
+    params = FT.init_finetune(None, TINY, 2, 5)
+    state = FT.init_finetune_state(params)
+    state["step"] = torch.tensor(30)  # past warmup: a full-size update
+    batch, key = _batch(seed=6), FT.finetune_key(2, 30)
+    f32 = FT.make_finetune_step(TINY, FinetuneConfig(), 2, False, 100)(params, state, batch, key)
+    b16 = FT.make_finetune_step(TINY, FinetuneConfig(), 2, False, 100, amp_dtype=torch.bfloat16,
+                                grad_route="autograd")(params, state, batch, key)
+    assert all(t.dtype == torch.float32 for t in tree_leaves(b16[:2]) if t.is_floating_point())
+    assert b16[2]["loss"].dtype == torch.float32
+    assert abs(b16[2]["loss"].item() - f32[2]["loss"].item()) < 2e-2 * f32[2]["loss"].item()
+    assert abs(b16[2]["grad_norm"].item() / f32[2]["grad_norm"].item() - 1) < 0.05
+    # the updates point the same way
+    d32 = torch.cat([(a - p).flatten() for a, p in zip(tree_leaves(f32[0]), tree_leaves(params))])
+    d16 = torch.cat([(a - p).flatten() for a, p in zip(tree_leaves(b16[0]), tree_leaves(params))])
+    assert torch.nn.functional.cosine_similarity(d32, d16, dim=0) > 0.9
+    logits32 = FT.make_predict(TINY)(params, batch)
+    logits16 = FT.make_predict(TINY, amp_dtype=torch.bfloat16)(params, batch)
+    assert logits16.dtype == torch.float32
+    torch.testing.assert_close(logits16, logits32, rtol=0.05, atol=0.02)
+
+
 def test_step_rejects_bad_heads():
     with pytest.raises(ValueError, match="regression"):
         FT.make_finetune_step(TINY, FinetuneConfig(), 2, True, 10)
@@ -333,8 +377,9 @@ def test_cli_end_to_end_on_fixtures(checkpoint, tmp_path):
     out = tmp_path / "out"
     res = _cli("--checkpoint", checkpoint["good"], "--glue-dir", FIXTURES, "--tasks",
                "sst2,stsb,mnli,qnli,qqp", "--seeds", 2, "--epochs", 1, "--max-len", 64,
-               "--out", out, "--no-progress")
+               "--out", out, "--no-progress", "--dtype", "bf16")
     assert res.returncode == 0, res.stderr
+    assert "bf16 autocast" in res.stderr
     assert "Traceback" not in res.stderr
     assert "train split missing for qnli: skipped" in res.stderr
     assert "QQP/train.tsv: skipped 3 malformed row(s): line 4" in res.stderr
@@ -345,6 +390,7 @@ def test_cli_end_to_end_on_fixtures(checkpoint, tmp_path):
     assert [s["seed"] for s in r["seeds"]] == [0, 1]
     assert set(r["summary"]["accuracy"]) == {"values", "median", "mean", "std"}
     assert r["config"]["finetune"]["learning_rate"] == 3e-4 and r["wall_s"] > 0
+    assert r["config"]["dtype"] == "bf16 autocast"
     assert r["submission"]["seed"] in (0, 1) and "best dev" in r["submission"]["chosen_by"]
     mnli = orjson.loads((out / "mnli.json").read_bytes())
     assert "dev_mismatched/accuracy" in mnli["summary"]
@@ -376,7 +422,8 @@ def test_cli_from_scratch_with_tokenizer_and_subsample(checkpoint, tmp_path, cap
     rc, err = _main(capsys, "--from-scratch", "--tokenizer", checkpoint["tokenizer"],
                     "--preset", "tiny", "--glue-dir", FIXTURES, "--tasks", "mrpc",
                     "--seeds", 1, "--epochs", 1, "--max-train-examples", 2, "--out",
-                    tmp_path, "--no-progress", "--no-extra-decay-factor", "--lr", "1e-3")
+                    tmp_path, "--no-progress", "--no-extra-decay-factor", "--lr", "1e-3",
+                    "--dtype", "float32")
     assert rc == 0, err
     import orjson
     r = orjson.loads((tmp_path / "mrpc.json").read_bytes())
@@ -387,6 +434,7 @@ def test_cli_from_scratch_with_tokenizer_and_subsample(checkpoint, tmp_path, cap
     assert f"| MRPC | accuracy | {100 * r['main_median']:.1f} | 1 | 4 of {total:,} |" in md
     assert r["config"]["from_scratch"] and r["config"]["finetune"]["extra_decay_factor"] is False
     assert r["config"]["model"]["name"] == "tiny" and r["config"]["compile"] == "eager"
+    assert r["config"]["dtype"] == "float32"  # --dtype float32 below; auto is per machine
 
 
 def test_cli_device_names(checkpoint, tmp_path, capsys):
