@@ -206,10 +206,11 @@ def test_step_rejects_bad_heads():
         FT.make_finetune_step(TINY, FinetuneConfig(), 1, False, 10)
 
 
-def _compare_eager_compiled(backend: str, with_predict: bool):
+def _compare_eager_compiled(backend: str, with_predict: bool, amp_dtype=None):
     cfg = TINY.replace(num_layers=1)  # tracing time grows with depth
     ft_cfg = FinetuneConfig()
-    make = lambda: FT.make_finetune_step(cfg, ft_cfg, 2, False, 50)  # noqa: E731
+    make = lambda: FT.make_finetune_step(cfg, ft_cfg, 2, False, 50,  # noqa: E731
+                                         amp_dtype=amp_dtype)
     compiled = FT.compile_fn(make(), "static", backend=backend)
     params = FT.init_finetune(None, cfg, 2, 0)
     state = FT.init_finetune_state(params)
@@ -234,6 +235,12 @@ def test_eager_vs_compiled_graph_capture():
     """fullgraph=True capture (dynamo + AOTAutograd) agrees with eager on one fixed shape."""
     torch._dynamo.reset()
     _compare_eager_compiled("aot_eager", with_predict=False)
+
+
+def test_bf16_autocast_step_graph_capture():
+    """The bf16 autocast step (the CUDA default) also captures as one graph."""
+    torch._dynamo.reset()
+    _compare_eager_compiled("aot_eager", with_predict=False, amp_dtype=torch.bfloat16)
 
 
 @pytest.mark.skipif(not os.environ.get("ELECTRA_FN_SLOW"),
