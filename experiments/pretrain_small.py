@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many consecutive non-finite steps")
     p.add_argument("--cache-dir", default=os.environ.get("ELECTRA_FN_CACHE",
                                                          str(Path.home() / ".cache/electra_fn")))
+    p.add_argument("--num-proc", type=int, default=None,
+                   help="processes that tokenize and pack a corpus not yet cached (default: "
+                        "one per 1,000 documents, up to the usable cores)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--stop-at-step", type=int, default=None,
                    help="save a checkpoint and exit after this step, as if interrupted")
@@ -378,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     t_start = time.time()
+    if args.num_proc is not None and args.num_proc < 1:
+        raise UserError(f"--num-proc {args.num_proc}: must be at least 1")
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
     amp = resolve_amp(args.dtype, device)
@@ -461,7 +466,8 @@ def run(args: argparse.Namespace) -> int:
     seed = cfg.seed if cfg else (args.seed if args.seed is not None else 0)
     data = pdata.build_pretraining_data(corpus, tokenizer, seq_len=seq_len, seed=seed,
                                         cache_dir=str(Path(args.cache_dir)), valid=valid_spec,
-                                        valid_fraction=0.05, log=log)
+                                        valid_fraction=0.05, num_proc=args.num_proc,
+                                        log=log)
     st = data.stats
     log(f"data: {st['train_examples']} train / {st['valid_examples']} held-out examples of "
         f"{seq_len} tokens ({st['train_documents']} / {st['valid_documents']} documents)")

@@ -271,6 +271,11 @@ def _bad(bad_runs, name):
     return r.stderr, ctx
 
 
+def test_zero_workers_is_refused(tmp_path):
+    r = _main_in_process(_args(tmp_path / "run", tmp_path / "cache", "--num-proc", 0))
+    assert r.returncode == 2 and "--num-proc 0: must be at least 1" in r.stderr
+
+
 def test_missing_corpus(bad_runs):
     err, ctx = _bad(bad_runs, "missing")
     assert str(ctx["path"]) in err

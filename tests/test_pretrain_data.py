@@ -313,6 +313,21 @@ def test_pipeline_seed_changes_data_and_num_proc_does_not(tagged, tmp_path):
     np.testing.assert_array_equal(two_procs.valid_ids, data.valid_ids)
 
 
+def test_auto_num_proc():
+    from electra_fn.data.pretrain_data import auto_num_proc, usable_cpus
+    assert auto_num_proc(0, cpus=16) == 1 and auto_num_proc(1999, cpus=16) == 1
+    assert auto_num_proc(2000, cpus=16) == 2 and auto_num_proc(9000, cpus=16) == 9
+    assert auto_num_proc(10**6, cpus=16) == 16 and auto_num_proc(10**6, cpus=1) == 1
+    assert usable_cpus() >= 1
+
+
+def test_pipeline_rejects_zero_workers(tmp_path):
+    _write_tagged_corpus(tmp_path / "train.txt", 4, 0)
+    with pytest.raises(ValueError, match="num_proc=0"):
+        build_pretraining_data([str(tmp_path / "train.txt")], TagTokenizer(), seq_len=48, seed=0,
+                               cache_dir=str(tmp_path / "c"), num_proc=0, log=Log())
+
+
 def test_pipeline_with_valid_files(tmp_path):
     _write_tagged_corpus(tmp_path / "train.txt", 8, 0)
     _write_tagged_corpus(tmp_path / "valid.txt.gz", 3, 100)

@@ -39,7 +39,24 @@ PRETRAIN_DATA_VERSION = 1
 SINGLE_SEGMENT_PROB = 0.1  # original: random() < 0.1 → first_segment_target_length = 100000
 RANDOM_LENGTH_PROB = 0.05  # original: random.random() < 0.05 → target = randint(5, max_length)
 MIN_RANDOM_LENGTH = 5
-_AUTO_MULTIPROC_DOCUMENTS = 2000  # below this, worker start-up costs more than it saves
+# Automatic worker count: one per this many training documents (so fewer than 2,000 documents
+# stay in this process, where worker start-up would cost more than it saves), up to the usable
+# cores. The data do not depend on it.
+_DOCUMENTS_PER_WORKER = 1000
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def auto_num_proc(num_documents: int, cpus: int | None = None) -> int:
+    """Worker processes for tokenizing and packing ``num_documents`` training documents."""
+    cpus = usable_cpus() if cpus is None else cpus
+    return max(1, min(cpus, num_documents // _DOCUMENTS_PER_WORKER))
 
 
 def default_corpus_path() -> str:
@@ -373,7 +390,9 @@ def build_pretraining_data(corpus: str | Sequence[str], tokenizer: Tokenizer, *,
     """Tokenize and pack a corpus into train/valid examples, cached on disk.
 
     Without ``valid`` files, about ``valid_fraction`` of the documents (at least one, chosen from
-    ``seed``) are held out whole, so train and valid never share a document.
+    ``seed``) are held out whole, so train and valid never share a document. ``num_proc``
+    worker processes tokenize and pack (default :func:`auto_num_proc`); the result and its
+    cache key do not depend on it.
     """
     if seed < 0:
         raise ValueError(f"seed={seed} must be non-negative")
@@ -432,8 +451,9 @@ def build_pretraining_data(corpus: str | Sequence[str], tokenizer: Tokenizer, *,
             train_docs, valid_docs = docs.select(keep), docs.select(held)
             valid_stream = _TRAIN_STREAM  # same documents' stream; indices are corpus indices
         if num_proc is None:
-            many = len(train_docs) >= _AUTO_MULTIPROC_DOCUMENTS
-            num_proc = min(2, os.cpu_count() or 1) if many else 1
+            num_proc = auto_num_proc(len(train_docs))
+        elif num_proc < 1:
+            raise ValueError(f"num_proc={num_proc} must be >= 1")
         log(f"building pre-training data: {len(train_docs)} train / {len(valid_docs)} valid "
             f"documents, seq_len={seq_len}, num_proc={num_proc}")
         common = {"seq_len": seq_len, "seed": seed, "num_proc": num_proc}
