@@ -47,9 +47,9 @@ EVAL_BATCHES = 8
 EVAL_BATCH_STEPS = 0.7
 BUDGET_TIMED_STEPS = 3  # timed steps after the warm-up call when fitting a --time-budget
 BUDGET_MARGIN = 0.05  # share of the fitted time kept back for a machine that slows down
-# A budgeted eager run re-fits its step count once, from the pace of its own steps 3 to
-# REFIT_AT (the three scratch steps timed before the run can be off by a third on a machine
-# still settling), a tenth of the way in but no earlier than step 20.
+# A budgeted eager run re-fits its step count from the pace of its own steps (the three scratch
+# steps timed before the run can be off by a third on a machine still settling): a tenth of
+# the way in (no earlier than step 20), from steps 4 on; and halfway, from the steps since.
 REFIT_AT_MIN = 20
 FINISH_RESERVE_S = 25.0  # the final save, Hugging Face export and plot
 # Runs shorter than this use bias-corrected Adam and a 10% warmup (see main()).
@@ -560,8 +560,9 @@ def steps_for_budget(times: list[float], budget_s: float, spent_s: float, use_co
 
 
 def refit_point(total_steps: int) -> int | None:
-    """The step at which a budgeted run re-fits its step count, or None for a run too short to
-    measure its pace (fewer than ten timed steps before the halfway point)."""
+    """The step at which a budgeted run first re-fits its step count, or None for a run too
+    short to time its pace (the point would fall past halfway). The second re-fit is halfway
+    to the re-fitted end, when that is at least ``REFIT_AT_MIN`` steps later."""
     at = max(REFIT_AT_MIN, total_steps // 10)
     return at if at <= total_steps // 2 else None
 
@@ -648,14 +649,16 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
                 args.eval_every or max(1, -(-total // 4)))
 
     log_every, eval_every = cadence(cfg.total_steps)
-    # A fresh budgeted eager run re-fits its step count once from its own pace (a compiled
+    # A fresh budgeted eager run re-fits its step count from its own pace, twice (a compiled
     # step would have to be compiled again with the new schedule; a resumed run keeps the
     # schedule its checkpoint recorded, so resume stays exact).
     budget_s = run_info.get("time_budget_s")
     refit_at = (refit_point(cfg.total_steps)
                 if state is None and budget_s and not use_compile and eval_s is not None
                 else None)
-    pace_t0, paused = None, 0.0
+    pace_from, pace_t0, paused = 3, None, 0.0  # the pace is timed from the end of step 3
+    refits: list[dict] = []
+    fitted_steps = cfg.total_steps
     it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed,
                        start=position)
     bar = tqdm(total=cfg.total_steps, initial=step, desc="pre-training", unit="step",
@@ -673,31 +676,36 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
                                      step_key_for(cfg.seed, step, device, use_compile))
             step += 1
             window_steps += 1
-            if refit_at is not None and step in (3, refit_at):
+            if refit_at is not None and (step == refit_at or step == pace_from
+                                         and pace_t0 is None):
                 float(m["loss"])  # the device has finished the step
-                if step == 3:
-                    pace_t0, paused = time.time(), 0.0
-                else:
-                    step_s = (time.time() - pace_t0 - paused) / (refit_at - 3)
+                now = time.time()
+                if step == refit_at:
+                    step_s = (now - pace_t0 - paused) / (step - pace_from)
                     evals_left = sum(1 for k in range(step + 1, cfg.total_steps)
                                      if k % eval_every == 0) + 1
-                    total = refit_steps(step, step_s, budget_s, time.time() - t_start,
+                    total = refit_steps(step, step_s, budget_s, now - t_start,
                                         evals_left, eval_s, cap=args.steps)
-                    fit = {"fitted_steps": cfg.total_steps, "refit_at": step,
-                           "s_per_step": step_s, "steps": total}
+                    refits.append({"at": step, "s_per_step": step_s, "steps": total})
                     if total != cfg.total_steps:
                         cfg = cfg.replace(total_steps=total)
                         step_fn = make_step_fn(cfg, device, amp, use_compile)
-                        log_every, eval_every = cadence(total)
+                        if len(refits) == 1:  # later ones keep the evaluation steps
+                            log_every, eval_every = cadence(total)
                         bar.total = total
                         bar.refresh()
-                    run_info = {**run_info, "budget_refit": fit}
+                    run_info = {**run_info, "budget_refit": {"fitted_steps": fitted_steps,
+                                                             "refits": refits}}
                     config_blob = {"pretrain": cfg.to_dict(), "run": run_info}
                     write_json(out / "config.json", {**config_blob, "data": data.stats})
-                    bar.write(f"budget: {step_s:.2f} s/step over steps 4-{step} → {total} steps "
-                              f"(fitted before the run: {fit['fitted_steps']}; the lr decays to "
-                              f"0 at the new end)")
-                    refit_at = None
+                    bar.write(f"budget: {step_s:.2f} s/step over steps {pace_from + 1}-{step} → "
+                              f"{total} steps (fitted before the run: {fitted_steps}; the lr "
+                              f"decays to 0 at the new end)")
+                    halfway = total // 2
+                    refit_at = (halfway if len(refits) == 1 and halfway - step >= REFIT_AT_MIN
+                                else None)
+                    pace_from = step
+                pace_t0, paused = time.time(), 0.0
             consecutive_bad = (consecutive_bad + m["skipped"]) * m["skipped"]
             for k, v in m.items():
                 acc[k] = acc[k] + v if k in acc else v

@@ -402,8 +402,9 @@ def test_a_second_sigint_aborts_at_once_and_leaves_checkpoints_whole(tmp_path, c
 def test_budgeted_run_refits_its_steps_to_its_own_pace(tmp_path, cache, full_run,
                                                        monkeypatch):
     """The scratch steps the budget fit times run at full speed, the run's own steps slower
-    (as on a machine still settling, the other way round): the run re-fits once, at
-    ``refit_point``, to fewer steps, ends there, and its learning rate decays to 0 there."""
+    (as on a machine still settling, the other way round): the run re-fits at ``refit_point``
+    to fewer steps, again halfway to its new end, ends there, and its learning rate decays to
+    0 there."""
     from experiments import pretrain_small
 
     made = []
@@ -427,18 +428,26 @@ def test_budgeted_run_refits_its_steps_to_its_own_pace(tmp_path, cache, full_run
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     config = orjson.loads((out / "config.json").read_bytes())
     fit = config["run"]["budget_refit"]
-    assert fit["refit_at"] == pretrain_small.refit_point(fit["fitted_steps"])
-    assert fit["s_per_step"] >= 0.03
-    assert fit["steps"] < fit["fitted_steps"], fit
-    assert config["pretrain"]["total_steps"] == fit["steps"]
-    assert f"→ {fit['steps']} steps (fitted before the run: {fit['fitted_steps']}" in r.stdout
-    assert len(made) == 3  # the scratch step, the run's, and the run's re-fitted one
+    fitted, refits = fit["fitted_steps"], fit["refits"]
+    assert len(refits) == 2, fit
+    assert refits[0]["at"] == pretrain_small.refit_point(fitted)
+    assert refits[1]["at"] == refits[0]["steps"] // 2
+    assert all(x["s_per_step"] >= 0.03 for x in refits)
+    assert refits[0]["steps"] < fitted, fit
+    total = refits[1]["steps"]
+    assert config["pretrain"]["total_steps"] == total
+    for x, before in zip(refits, (3, refits[0]["at"])):
+        assert (f"over steps {before + 1}-{x['at']} → {x['steps']} steps (fitted before the "
+                f"run: {fitted};") in r.stdout
+    assert len(made) == 1 + 1 + sum(x["steps"] != y for x, y in
+                                    zip(refits, (fitted, refits[0]["steps"])))
     rows = _rows(out / "metrics.jsonl")
-    assert rows[-1]["step"] == fit["steps"]
-    assert orjson.loads((out / "summary.json").read_bytes())["steps"] == fit["steps"]
+    assert rows[-1]["step"] == total
+    assert orjson.loads((out / "summary.json").read_bytes())["steps"] == total
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out / "checkpoints"))
-    assert state["step"] == fit["steps"]
-    assert state["config"]["pretrain"]["total_steps"] == fit["steps"]
+    assert state["step"] == total
+    assert state["config"]["pretrain"]["total_steps"] == total
+    assert state["config"]["run"]["budget_refit"] == fit
     # the schedule was rebuilt: the last logged lr is near 0, not mid-way down the old one
     peak = config["pretrain"]["learning_rate"]
     assert rows[-1]["lr"] < 0.05 * peak
