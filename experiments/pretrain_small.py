@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          str(Path.home() / ".cache/electra_fn")))
     p.add_argument("--num-proc", type=int, default=None,
                    help="processes that tokenize and pack a corpus not yet cached (default: "
-                        "one per 1,000 documents, up to the usable cores)")
+                        "one per 4M characters of text, up to the usable cores)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--stop-at-step", type=int, default=None,
                    help="save a checkpoint and exit after this step, as if interrupted")

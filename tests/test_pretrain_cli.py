@@ -424,17 +424,22 @@ def test_budgeted_run_refits_its_steps_to_its_own_pace(tmp_path, cache, full_run
     monkeypatch.setattr(pretrain_small, "make_step_fn", make_step_fn)
     monkeypatch.setattr(pretrain_small, "FINISH_RESERVE_S", 0.5)
     out = tmp_path / "run"
-    r = _main_in_process(_args(out, cache, "--time-budget", "8s"))
+    r = _main_in_process(_args(out, cache, "--time-budget", "12s"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     config = orjson.loads((out / "config.json").read_bytes())
     fit = config["run"]["budget_refit"]
     fitted, refits = fit["fitted_steps"], fit["refits"]
-    assert len(refits) == 2, fit
     assert refits[0]["at"] == pretrain_small.refit_point(fitted)
-    assert refits[1]["at"] == refits[0]["steps"] // 2
-    assert all(x["s_per_step"] >= 0.03 for x in refits)
     assert refits[0]["steps"] < fitted, fit
-    total = refits[1]["steps"]
+    # the second re-fit comes halfway to the first one's end, if that is 20+ steps on (it is
+    # unless the machine is so busy that the budget holds fewer than ~120 slowed steps)
+    halfway = refits[0]["steps"] // 2
+    second = halfway - refits[0]["at"] >= pretrain_small.REFIT_AT_MIN
+    assert len(refits) == 1 + second, fit
+    if second:
+        assert refits[1]["at"] == halfway
+    assert all(x["s_per_step"] >= 0.03 for x in refits)
+    total = refits[-1]["steps"]
     assert config["pretrain"]["total_steps"] == total
     for x, before in zip(refits, (3, refits[0]["at"])):
         assert (f"over steps {before + 1}-{x['at']} → {x['steps']} steps (fitted before the "

@@ -314,11 +314,15 @@ def test_pipeline_seed_changes_data_and_num_proc_does_not(tagged, tmp_path):
 
 
 def test_auto_num_proc():
-    from electra_fn.data.pretrain_data import auto_num_proc, usable_cpus
-    assert auto_num_proc(0, cpus=16) == 1 and auto_num_proc(1999, cpus=16) == 1
-    assert auto_num_proc(2000, cpus=16) == 2 and auto_num_proc(9000, cpus=16) == 9
-    assert auto_num_proc(10**6, cpus=16) == 16 and auto_num_proc(10**6, cpus=1) == 1
+    from electra_fn.data.pretrain_data import _text_chars, auto_num_proc, usable_cpus
+    M = 1_000_000
+    assert auto_num_proc(0, cpus=16) == 1 and auto_num_proc(8 * M - 1, cpus=16) == 1
+    assert auto_num_proc(8 * M, cpus=16) == 2 and auto_num_proc(36 * M, cpus=16) == 9
+    assert auto_num_proc(10**10, cpus=16) == 16 and auto_num_proc(10**10, cpus=1) == 1
     assert usable_cpus() >= 1
+    import datasets
+    docs = datasets.Dataset.from_dict({"lines": [["ab", "cdé"], [], ["x"]]})
+    assert _text_chars(docs) == 6  # characters, not bytes
 
 
 def test_pipeline_rejects_zero_workers(tmp_path):
@@ -410,3 +414,29 @@ def test_batches_need_one_full_batch():
     ids, types = _toy_examples(n=3)
     with pytest.raises(ValueError, match="fewer than one batch"):
         next(batches(ids, types, batch_size=4, seed=0))
+
+
+def test_data_pipeline_benchmark_runs_and_checks(tmp_path, capsys):
+    """benchmarks/data_pipeline.py on the fixture corpus: one row per worker count, identical
+    data checked, JSON written; a zero count is refused."""
+    import importlib.util
+
+    import orjson
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "data_pipeline.py"
+    spec = importlib.util.spec_from_file_location("electra_data_pipeline_benchmark", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    corpus = str(Path(__file__).resolve().parent / "fixtures" / "corpus")
+    out = tmp_path / "r.json"
+    args = ["--corpus", corpus, "--vocab-size", "300", "--seq-len", "32",
+            "--cache-dir", str(tmp_path / "cache"), "--num-proc", "1,2", "--json", str(out)]
+    assert bench.main(args) == 0
+    report = orjson.loads(out.read_bytes())
+    assert [r["num_proc"] for r in report["rows"]] == [1, 2]
+    assert all(r["wall_s"] > 0 and r["tokens_per_s"] > 0 for r in report["rows"])
+    assert report["meta"]["stats"]["train_examples"] > 0
+    assert "2 worker(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        bench.main(args[:-4] + ["--num-proc", "1,0"])
+    assert e.value.code == 2

@@ -39,10 +39,13 @@ PRETRAIN_DATA_VERSION = 1
 SINGLE_SEGMENT_PROB = 0.1  # original: random() < 0.1 → first_segment_target_length = 100000
 RANDOM_LENGTH_PROB = 0.05  # original: random.random() < 0.05 → target = randint(5, max_length)
 MIN_RANDOM_LENGTH = 5
-# Automatic worker count: one per this many training documents (so fewer than 2,000 documents
-# stay in this process, where worker start-up would cost more than it saves), up to the usable
-# cores. The data do not depend on it.
-_DOCUMENTS_PER_WORKER = 1000
+# Automatic worker count: one per this many characters of corpus text (~0.7M tokens), up to the
+# usable cores, so a small corpus stays in this process, where worker start-up costs more than
+# it saves (benchmarks/data_pipeline.py, 2 cores: the 3 MB default corpus 1.3 s with one
+# worker, 1.2 s with two; three Wikipedia shards, 30M characters,
+# 5.8-6.3 s vs 4.3-5.7 s).
+# The data do not depend on it.
+_CHARS_PER_WORKER = 4_000_000
 
 
 def usable_cpus() -> int:
@@ -53,10 +56,19 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def auto_num_proc(num_documents: int, cpus: int | None = None) -> int:
-    """Worker processes for tokenizing and packing ``num_documents`` training documents."""
+def auto_num_proc(num_chars: int, cpus: int | None = None) -> int:
+    """Worker processes for tokenizing and packing a corpus of ``num_chars`` characters."""
     cpus = usable_cpus() if cpus is None else cpus
-    return max(1, min(cpus, num_documents // _DOCUMENTS_PER_WORKER))
+    return max(1, min(cpus, num_chars // _CHARS_PER_WORKER))
+
+
+def _text_chars(docs) -> int:
+    """Characters in a documents dataset's ``lines`` (Arrow compute, no Python loop)."""
+    import pyarrow.compute as pc
+
+    column = docs.data.column("lines")
+    total = pc.sum(pc.utf8_length(pc.list_flatten(column))).as_py()
+    return int(total or 0)
 
 
 def default_corpus_path() -> str:
@@ -451,7 +463,7 @@ def build_pretraining_data(corpus: str | Sequence[str], tokenizer: Tokenizer, *,
             train_docs, valid_docs = docs.select(keep), docs.select(held)
             valid_stream = _TRAIN_STREAM  # same documents' stream; indices are corpus indices
         if num_proc is None:
-            num_proc = auto_num_proc(len(train_docs))
+            num_proc = auto_num_proc(_text_chars(docs))
         elif num_proc < 1:
             raise ValueError(f"num_proc={num_proc} must be >= 1")
         log(f"building pre-training data: {len(train_docs)} train / {len(valid_docs)} valid "
