@@ -28,7 +28,7 @@ from .config import FinetuneConfig, ModelConfig
 from .data.glue import EncodedSplit, TaskSpec, bucket_batches, get_task
 from .hf import CheckpointError, load_hf
 from .metrics import glue_score, main_metric, task_metrics
-from .pretrain import _autocast, grad_fn, init_opt_state
+from .pretrain import _autocast, grad_fn, grad_route_for, init_opt_state
 from .tree import tree_leaves, tree_map
 
 Params = dict
@@ -103,9 +103,8 @@ def classifier_logits_of(ft_params: Params, batch: Batch, cfg: ModelConfig,
 
 
 def default_grad_route(mode: CompileMode) -> str:
-    """``"func"`` when compiled (one graph), autograd eagerly (measured faster, see
-    pretrain_small.grad_route_for)."""
-    return "autograd" if mode == "eager" else "func"
+    """The gradient route for a compile mode (:func:`electra_fn.pretrain.grad_route_for`)."""
+    return grad_route_for(mode != "eager")
 
 
 def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_labels: int,

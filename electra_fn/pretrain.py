@@ -180,6 +180,15 @@ def _where_tree(cond: torch.Tensor, a, b):
 GRAD_ROUTES = ("func", "autograd")
 
 
+def grad_route_for(compiled: bool) -> str:
+    """The faster correct route: ``torch.func`` compiles as one graph, so compiled steps use
+    it; an eager step uses autograd over the leaves, which does less host work (H200, batch
+    128, bf16: 172 vs 219 ms/step, benchmarks/results/h200-2026-11-27-eager.md) and is
+    faster on CPU too (2-core CPU, batch 16 x 128: 1,418 vs 1,682 ms float32, 900 vs 934 ms
+    bf16; benchmarks/results/cpu-2026-11-27-route-dtype.md)."""
+    return "func" if compiled else "autograd"
+
+
 def grad_fn(loss_fn: Callable, grad_route: str = "func") -> Callable:
     """``(params, *args) -> (grads, (loss, aux))`` of ``loss_fn(params, *args) -> (loss, aux)``
     by ``torch.func.grad_and_value`` (``"func"``: one graph when compiled) or by

@@ -176,12 +176,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def grad_route_for(device: torch.device, compiled: bool) -> str:
-    """``torch.func`` compiles as one graph, so compiled steps use it. An eager step uses
-    autograd over the leaves: less host work per step on CUDA (H200, batch 128, bf16: 172 vs
-    219 ms/step, benchmarks/results/h200-2026-11-27-eager.md) and less time on CPU too
-    (2-core CPU, batch 16 x 128: 1,418 vs 1,682 ms float32, 900 vs 934 ms bf16;
-    benchmarks/results/cpu-2026-11-27-route-dtype.md)."""
-    return "func" if compiled else "autograd"
+    """The run's gradient route: :func:`electra_fn.pretrain.grad_route_for` (the same on every
+    device)."""
+    return pretrain.grad_route_for(compiled)
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -682,8 +679,8 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
                 now = time.time()
                 if step == refit_at:
                     step_s = (now - pace_t0 - paused) / (step - pace_from)
-                    evals_left = sum(1 for k in range(step + 1, cfg.total_steps)
-                                     if k % eval_every == 0) + 1
+                    # inner evaluations at multiples of eval_every after this step, + the final
+                    evals_left = (cfg.total_steps - 1) // eval_every - step // eval_every + 1
                     total = refit_steps(step, step_s, budget_s, now - t_start,
                                         evals_left, eval_s, cap=args.steps)
                     refits.append({"at": step, "s_per_step": step_s, "steps": total})
