@@ -33,7 +33,7 @@ mcfg = ModelConfig.from_name(preset, num_layers=layers)
 cfg = PretrainConfig(model=mcfg, seq_len=128, batch_size=batch, total_steps=1000,
                      warmup_steps=100)
 params = tree_map(lambda t: t.to(device), model.init_params(mcfg, 0))
-opt = pretrain.init_opt_state(params)
+opt = pretrain.init_opt_state(params, cfg)
 data = bench.synthetic_batch(cfg, device, seed=1)
 amp = torch.bfloat16 if dtype == "bf16" else None
 step = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type)

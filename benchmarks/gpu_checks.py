@@ -61,7 +61,7 @@ def _setup(args, device):
 
 def check_compiled(args, device) -> dict:
     cfg, params, batch = _setup(args, device)
-    opt = pretrain.init_opt_state(params)
+    opt = pretrain.init_opt_state(params, cfg)
     eager = pretrain.make_train_step(cfg, device_type=device.type)
     counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
     compiled = torch.compile(pretrain.make_train_step(cfg, device_type=device.type),
@@ -79,10 +79,16 @@ def check_compiled(args, device) -> dict:
     compile_s = time.perf_counter() - t0
     param_diff = _max_diff(pc, pe)
     late = dict(oc, step=torch.tensor(cfg.total_steps // 2, device=device))
+    # a longer schedule (a budget re-fit) is data too: lr 3/4 of peak at the same step
+    longer = dict(late, schedule=dict(late["schedule"], total_steps=torch.tensor(
+        2.0 * cfg.total_steps, device=device)))
     with torch._dynamo.config.patch(error_on_recompile=True):
         _, _, m_late = compiled(pc, late, batch, pretrain.step_key(cfg.seed, 500).to(device))
+        _, _, m_long = compiled(pc, longer, batch, pretrain.step_key(cfg.seed, 501).to(device))
     frames = counter.frame_count
-    lr_ok = abs(float(m_late["lr"]) - cfg.learning_rate / 2) <= 1e-6 * cfg.learning_rate
+    lr_ok = (abs(float(m_late["lr"]) - cfg.learning_rate / 2) <= 1e-6 * cfg.learning_rate
+             and abs(float(m_long["lr"]) - 0.75 * cfg.learning_rate)
+             <= 1e-6 * cfg.learning_rate)
     ok = loss_diff <= args.atol and param_diff <= args.atol and frames == 1 and lr_ok
     return {"pass": ok, "loss_max_abs_diff": loss_diff, "param_max_abs_diff": param_diff,
             "tolerance": args.atol, "compiled_frames": frames, "later_step_lr_ok": lr_ok,
@@ -91,7 +97,7 @@ def check_compiled(args, device) -> dict:
 
 def check_bf16(args, device) -> dict:
     cfg, params, batch = _setup(args, device)
-    opt = pretrain.init_opt_state(params)
+    opt = pretrain.init_opt_state(params, cfg)
     key = pretrain.step_key(cfg.seed, 0).to(device)
     f32 = pretrain.make_train_step(cfg, device_type=device.type)
     bf16 = pretrain.make_train_step(cfg, amp_dtype=torch.bfloat16, device_type=device.type)

@@ -275,7 +275,7 @@ class OursRunner:
                                      mode=None if mode == "compile" else mode)
         self._step = step
         self.params = tree_map(lambda t: t.to(device), params)
-        self.opt_state = init_opt_state(self.params)
+        self.opt_state = init_opt_state(self.params, cfg)
         self.cudagraphs = mode == "reduce-overhead"
 
     def step(self, batch: dict, key: torch.Tensor) -> dict:

@@ -4,8 +4,9 @@
 opt_state, metrics)``. Everything random (masking, dropout, Gumbel sampling) is derived from
 ``key``, a 0-d int64 tensor (see :mod:`electra_fn.rng`); use :func:`step_key` to make it from
 (seed, step), so a run is a pure function of its seed and eager and compiled steps agree.
-The learning rate is computed from ``opt_state["step"]`` (a 0-d tensor), so compiled steps
-never recompile.
+The learning rate is computed from ``opt_state["step"]`` (a 0-d tensor) and, where
+``init_opt_state(params, cfg)`` put them there, the schedule's settings in
+``opt_state["schedule"]``, so compiled steps never recompile.
 """
 
 from __future__ import annotations
@@ -32,11 +33,43 @@ def step_key(seed: int, step: int | torch.Tensor) -> torch.Tensor:
     return rnglib.fold_in(rnglib.key(seed), step)
 
 
-def init_opt_state(params: Params) -> dict:
-    """AdamW moments plus the step counter (a 0-d int64 tensor on the params' device)."""
+def schedule_state(cfg: PretrainConfig, device: torch.device | str | None = None) -> dict:
+    """The optimizer schedule's settings as 0-d float32 tensors: ``peak_lr``,
+    ``total_steps``, ``warmup_steps`` and ``bias_correction`` (1 or 0: Adam's bias-corrected
+    step or the original's) from ``cfg``.
+
+    Kept in ``opt_state["schedule"]`` (as optax's ``inject_hyperparams`` does), the step reads
+    them as data, so a compiled step is not compiled again when they change (a run re-fitting
+    its length to a time budget; a benchmark and a run of different lengths share one compiled
+    graph). Replace the tensors to change the schedule."""
+    def t(x):
+        return torch.tensor(float(x), dtype=torch.float32, device=device)
+    return {"peak_lr": t(cfg.learning_rate), "total_steps": t(cfg.total_steps),
+            "warmup_steps": t(cfg.warmup_steps),
+            "bias_correction": t(1.0 if cfg.adam_bias_correction else 0.0)}
+
+
+def _bias_correction_step(flag: torch.Tensor, step: torch.Tensor) -> torch.Tensor | None:
+    """Adam's bias-correction step t (``step + 1``) where ``flag`` is set, else none.
+
+    As data (compiled, or on a device where reading the flag would wait for it): t = inf when
+    unset, where 1 - b^t is exactly 1 and the corrected update equals the original's bit for
+    bit. Eagerly on the CPU the flag is read and the uncorrected step skips the correction."""
+    if torch.compiler.is_compiling() or flag.device.type != "cpu":
+        return torch.where(flag > 0, (step + 1).to(torch.float32), float("inf"))
+    return step + 1 if bool(flag > 0) else None
+
+
+def init_opt_state(params: Params, cfg: PretrainConfig | None = None) -> dict:
+    """AdamW moments plus the step counter (a 0-d int64 tensor on the params' device) and,
+    given ``cfg``, its schedule's settings (:func:`schedule_state`). Without them the step
+    uses its own ``cfg``'s schedule as constants."""
     device = tree_leaves(params)[0].device
-    return {"adam": optim.adamw_init(params), "step": torch.zeros((), dtype=torch.int64,
+    state = {"adam": optim.adamw_init(params), "step": torch.zeros((), dtype=torch.int64,
                                                                    device=device)}
+    if cfg is not None:
+        state["schedule"] = schedule_state(cfg, device)
+    return state
 
 
 def _autocast(cfg_dtype: torch.dtype | None, device_type: str):
@@ -233,13 +266,21 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
         grads, (loss, metrics) = grads_of(params, batch, key)
         grads, gnorm = optim.clip_by_global_norm(grads, cfg.clip_norm)
         step = opt_state["step"]
-        lr = optim.electra_lr(step, peak_lr=cfg.learning_rate, total_steps=cfg.total_steps,
-                              warmup_steps=cfg.warmup_steps)
+        sched = opt_state.get("schedule")
+        if sched is None:
+            lr = optim.electra_lr(step, peak_lr=cfg.learning_rate, total_steps=cfg.total_steps,
+                                  warmup_steps=cfg.warmup_steps)
+            bc_step = step + 1 if cfg.adam_bias_correction else None
+        else:
+            lr = optim.electra_lr(step, peak_lr=sched["peak_lr"],
+                                  total_steps=sched["total_steps"],
+                                  warmup_steps=sched["warmup_steps"])
+            bc_step = _bias_correction_step(sched["bias_correction"], step)
         new_params, new_adam = optim.adamw_update(
             params, grads, opt_state["adam"], lr, b1=cfg.adam_b1, b2=cfg.adam_b2,
             eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
             decay_mask=decay_mask,
-            bias_correction_step=step + 1 if cfg.adam_bias_correction else None)
+            bias_correction_step=bc_step)
         finite = torch.isfinite(loss) & torch.isfinite(gnorm)
         if torch.compiler.is_compiling():  # fused into the update's kernels
             new_params = _where_tree(finite, new_params, params)
@@ -251,7 +292,10 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
         metrics = dict(metrics)
         metrics.update(grad_norm=gnorm.detach(), lr=lr.detach(),
                        skipped=(~finite).to(torch.float32))
-        return new_params, {"adam": new_adam, "step": step + 1}, metrics
+        new_state = {"adam": new_adam, "step": step + 1}
+        if sched is not None:
+            new_state["schedule"] = sched
+        return new_params, new_state, metrics
 
     return train_step
 

@@ -472,6 +472,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("the held-out split is empty; pass --valid or a larger corpus")
 
     # --- config and step budget ----------------------------------------------------------
+    fitted_fn = None
     if cfg is None:
         mcfg = base.replace(vocab_size=tokenizer.vocab_size)
         batch = args.batch_size or (128 if on_gpu else CPU_DEFAULT_BATCH)
@@ -484,8 +485,11 @@ def run(args: argparse.Namespace) -> int:
                                      warmup_steps=0)
         total = provisional.total_steps
         if budget is not None:
-            total = fit_steps_to_budget(provisional, data, device, amp, use_compile, budget,
-                                        time.time() - t_start, log)
+            # The scratch steps run the step the run will use: the schedule (length, warmup,
+            # lr, bias correction) is data in the optimizer state, so a compiled step compiles
+            # once.
+            total, fitted_fn = fit_steps_to_budget(provisional, data, device, amp, use_compile,
+                                                   budget, time.time() - t_start, log)
             if args.steps:
                 total = min(total, args.steps)
         warmup, bias_correction = schedule_defaults(total, args.warmup, args.bias_correction)
@@ -514,14 +518,17 @@ def run(args: argparse.Namespace) -> int:
         f"device {device}, {dtype_text}, "
         f"{'compiled' if use_compile else 'eager'}")
     return train(cfg, run_info, data, tokenizer, out, device, amp, use_compile, state, args,
-                 t_start, log)
+                 t_start, log, step_fn=fitted_fn)
 
 
 def fit_steps_to_budget(cfg: PretrainConfig, data, device, amp, use_compile: bool,
-                        budget_s: float, spent_s: float, log) -> int:
-    """Time a few real steps on a scratch copy and fit the step count to the time left."""
+                        budget_s: float, spent_s: float, log):
+    """Time a few real steps on a scratch copy and fit the step count to the time left.
+
+    Returns (steps, the step function timed): the run reuses it (a compiled one is not
+    compiled again) when its settings differ only in the schedule, which is data."""
     params = tree_map(lambda x: x.to(device), model.init_params(cfg.model, cfg.seed))
-    opt = pretrain.init_opt_state(params)
+    opt = pretrain.init_opt_state(params, cfg)
     step_fn = make_step_fn(cfg, device, amp, use_compile)
     it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed)
     times = []
@@ -532,26 +539,27 @@ def fit_steps_to_budget(cfg: PretrainConfig, data, device, amp, use_compile: boo
                                  step_key_for(0, i, device, use_compile))
         float(m["loss"])  # sync
         times.append(time.time() - t)
-    total, step_s = steps_for_budget(times, budget_s, spent_s, use_compile)
+    total, step_s = steps_for_budget(times, budget_s, spent_s)
     log(f"budget: {fmt_time(budget_s)} in all; {fmt_time(spent_s + sum(times))} spent on setup "
         f"and timing; {step_s:.2f} s/step measured → {total} steps "
         f"({total * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens) fit in the time left, "
         f"with a {BUDGET_MARGIN:.0%} margin for a machine that slows down")
-    return total
+    return total, step_fn
 
 
-def steps_for_budget(times: list[float], budget_s: float, spent_s: float, use_compile: bool,
+def steps_for_budget(times: list[float], budget_s: float, spent_s: float,
                      eval_batches: int = EVAL_BATCHES, margin: float | None = None
                      ) -> tuple[int, float]:
     """(steps, seconds per step) that fit ``budget_s`` given the timed calls ``times`` (the
     first one a warm-up or compile) and ``spent_s`` already used. The pace is the median of the
     timed steps (the fastest one was too optimistic on a busy machine); six held-out
-    evaluations (``EVAL_BATCH_STEPS`` of a step per batch), 25 s of saving and export, and a
-    compile's extra first-call time are reserved, and ``margin`` of what is left is kept back."""
+    evaluations (``EVAL_BATCH_STEPS`` of a step per batch) and 25 s of saving and export are
+    reserved, and ``margin`` of what is left is kept back. The run reuses the timed step, so a
+    compile (the first call) is paid once, here."""
     margin = BUDGET_MARGIN if margin is None else margin
     step_s = statistics.median(times[1:])
     evals_s = 6 * eval_batches * step_s * EVAL_BATCH_STEPS
-    reserve = FINISH_RESERVE_S + evals_s + (times[0] - step_s if use_compile else 0.0)
+    reserve = FINISH_RESERVE_S + evals_s
     left = (budget_s - spent_s - sum(times) - reserve) * (1.0 - margin)
     return max(1, int(left / step_s)), step_s
 
@@ -578,16 +586,19 @@ def refit_steps(step: int, step_s: float, budget_s: float, elapsed_s: float,
 
 
 def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, device, amp,
-          use_compile: bool, state: dict | None, args, t_start: float, log) -> int:
+          use_compile: bool, state: dict | None, args, t_start: float, log,
+          step_fn=None) -> int:
     from tqdm import tqdm
 
     if state is None:
         params = model.init_params(cfg.model, cfg.seed)
-        opt = pretrain.init_opt_state(params)
+        opt = pretrain.init_opt_state(params, cfg)
         step, position = 0, (0, 0)
     else:
         params, opt = state["params"], state["opt_state"]
         step, position = state["step"], state["data_position"]
+        if "schedule" not in opt:  # a checkpoint from before the schedule was optimizer state
+            opt = {**opt, "schedule": pretrain.schedule_state(cfg)}
         ref = model.init_params(cfg.model, 0)
         _check_same_structure(ref, params, "params", args.resume)
         log(f"resuming at step {step} (data epoch {position[0]}, batch {position[1]})")
@@ -604,7 +615,8 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
     n_params = tree_count(params)
     log(f"parameters: {n_params / 1e6:.2f}M (generator + discriminator + shared embeddings)")
 
-    step_fn = make_step_fn(cfg, device, amp, use_compile)
+    if step_fn is None:
+        step_fn = make_step_fn(cfg, device, amp, use_compile)
     eval_fn = pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type,
                                       proposals=make_proposals(data, cfg.model.vocab_size))
     valid_batches = make_valid_batches(data, cfg.batch_size)
@@ -646,13 +658,12 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
                 args.eval_every or max(1, -(-total // 4)))
 
     log_every, eval_every = cadence(cfg.total_steps)
-    # A fresh budgeted eager run re-fits its step count from its own pace, twice (a compiled
-    # step would have to be compiled again with the new schedule; a resumed run keeps the
+    # A fresh budgeted run re-fits its step count from its own pace, twice (the schedule is data
+    # in the optimizer state: a compiled step is not compiled again; a resumed run keeps the
     # schedule its checkpoint recorded, so resume stays exact).
     budget_s = run_info.get("time_budget_s")
     refit_at = (refit_point(cfg.total_steps)
-                if state is None and budget_s and not use_compile and eval_s is not None
-                else None)
+                if state is None and budget_s and eval_s is not None else None)
     pace_from, pace_t0, paused = 3, None, 0.0  # the pace is timed from the end of step 3
     refits: list[dict] = []
     fitted_steps = cfg.total_steps
@@ -686,7 +697,8 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
                     refits.append({"at": step, "s_per_step": step_s, "steps": total})
                     if total != cfg.total_steps:
                         cfg = cfg.replace(total_steps=total)
-                        step_fn = make_step_fn(cfg, device, amp, use_compile)
+                        opt = {**opt, "schedule": {**opt["schedule"], "total_steps": torch.tensor(
+                            float(total), dtype=torch.float32, device=device)}}
                         if len(refits) == 1:  # later ones keep the evaluation steps
                             log_every, eval_every = cadence(total)
                         bar.total = total

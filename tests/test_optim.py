@@ -129,6 +129,22 @@ def test_adamw_bias_corrected_equals_torch_adamw():
     assert 3.0 < float(ratio) < 3.2  # (1 - b1) / sqrt(1 - b2) = 3.16 at t = 1
 
 
+def test_adamw_infinite_bias_correction_step_is_the_original_step():
+    """t = inf (how a step whose bias-correction switch is data says "off") gives the
+    uncorrected update bit for bit, over several steps with fresh random gradients."""
+    params = make_params(seed=int(torch.randint(0, 1000, ())))
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 1000, ())))
+    pa, sa = params, adamw_init(params)
+    pb, sb = params, adamw_init(params)
+    for i in range(3):
+        g = tree_map(lambda x: torch.randn(x.shape, generator=gen), params)
+        lr = torch.tensor(1e-3 * (i + 1))
+        pa, sa = adamw_update(pa, g, sa, lr)
+        pb, sb = adamw_update(pb, g, sb, lr, bias_correction_step=torch.tensor(float("inf")))
+        for a, b in zip(tree_leaves((pa, sa)), tree_leaves((pb, sb))):
+            assert torch.equal(a, b)
+
+
 def test_default_decay_mask():
     mask = flat_dict(default_decay_mask(make_params()))
     assert mask["embeddings.word"] is True  # embedding tables are decayed, as in the original
@@ -194,6 +210,22 @@ def test_electra_lr_closed_form(total, at, warm_frac, peak, end):
     assert lr.shape == () and lr.dtype == torch.float32
     assert float(lr) == pytest.approx(closed_form_lr(step, peak, total, warmup, end),
                                       rel=1e-5, abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 2_000_000), st.floats(0.0, 1.2), st.floats(0.0, 0.3),
+       st.floats(1e-5, 1e-2))
+def test_electra_lr_tensor_settings_match_numbers(total, at, warm_frac, peak):
+    """The schedule's settings as 0-d tensors (pretrain.schedule_state) give bit for bit the
+    numbers' result, warmup 0 included."""
+    warmup = int(total * warm_frac)
+    step = torch.tensor(int(total * at))
+    want = electra_lr(step, peak_lr=peak, total_steps=total, warmup_steps=warmup)
+    got = electra_lr(step, peak_lr=torch.tensor(peak, dtype=torch.float32),
+                     total_steps=torch.tensor(float(total)),
+                     warmup_steps=torch.tensor(float(warmup)))
+    assert got.dtype == torch.float32 and got.shape == ()
+    assert float(got) == float(want)
 
 
 def test_electra_lr_paper_schedule():

@@ -52,7 +52,7 @@ def _batch(cfg: PretrainConfig = CFG, seed: int = 0) -> dict:
 
 def _init(cfg: PretrainConfig = CFG, seed: int = 0):
     params = model.init_params(cfg.model, seed)
-    return params, pretrain.init_opt_state(params)
+    return params, pretrain.init_opt_state(params, cfg)
 
 
 def _clone(tree):
@@ -136,6 +136,43 @@ def _compare_eager_compiled(backend: str):
         _, _, m_late = compiled(pc, oc_late, batch, pretrain.step_key(cfg.seed, 50))
     assert counter.frame_count == 1, "a new step / lr recompiled the train step"
     assert float(m_late["lr"]) == pytest.approx(cfg.learning_rate / 2, rel=1e-6)
+    # A re-fitted (twice as long) schedule is data in the optimizer state: no recompile.
+    longer = dict(oc_late, schedule=dict(oc_late["schedule"],
+                                         total_steps=torch.tensor(2.0 * cfg.total_steps)))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        _, o_long, m_long = compiled(pc, longer, batch, pretrain.step_key(cfg.seed, 51))
+    assert counter.frame_count == 1, "a new schedule recompiled the train step"
+    assert float(m_long["lr"]) == pytest.approx(0.75 * cfg.learning_rate, rel=1e-6)
+    assert float(o_long["schedule"]["total_steps"]) == 2.0 * cfg.total_steps
+
+
+def test_schedule_state_matches_config_constants():
+    """The schedule as optimizer state (init_opt_state(params, cfg)) steps exactly as the
+    config's constants do (init_opt_state(params)), over warmup and decay, and is carried
+    through unchanged; changing it changes the lr as the closed form says."""
+    for corrected in (False, True):
+        cfg = CFG.replace(total_steps=10, warmup_steps=3, adam_bias_correction=corrected)
+        step = pretrain.make_train_step(cfg)
+        batch = _batch(cfg)
+        params = model.init_params(cfg.model, 0)
+        pa, oa = params, pretrain.init_opt_state(params)
+        pb, ob = params, pretrain.init_opt_state(params, cfg)
+        assert "schedule" not in oa
+        assert {k: float(v) for k, v in ob["schedule"].items()} == {
+            "peak_lr": pytest.approx(cfg.learning_rate, rel=1e-7), "total_steps": 10.0,
+            "warmup_steps": 3.0, "bias_correction": float(corrected)}
+        for i in range(5):
+            key = pretrain.step_key(0, i)
+            pa, oa, ma = step(pa, oa, batch, key)
+            pb, ob, mb = step(pb, ob, batch, key)
+            assert float(ma["lr"]) == float(mb["lr"])
+            _assert_trees_close(pb, pa, atol=0.0)
+            _assert_trees_close(ob["adam"], oa["adam"], atol=0.0)
+        assert float(ob["schedule"]["total_steps"]) == 10.0
+    ob = dict(ob, schedule=dict(ob["schedule"], total_steps=torch.tensor(20.0),
+                                warmup_steps=torch.tensor(0.0)))
+    _, _, m = step(pb, ob, batch, pretrain.step_key(0, 5))
+    assert float(m["lr"]) == pytest.approx(cfg.learning_rate * 15 / 20, rel=1e-6)
 
 
 def test_eager_vs_compiled_graph_capture():
@@ -165,14 +202,20 @@ def test_grad_routes_agree():
 
 
 def test_bias_corrected_step_uses_the_step_count():
-    """adam_bias_correction: the first update is the corrected one, 1/3.16 of the original's."""
-    params, opt = _init()
+    """adam_bias_correction: the first update is the corrected one, 1/3.16 of the original's
+    (from the config's constant, and from the switch in the optimizer state alike)."""
+    params = model.init_params(CFG.model, 0)
+    opt = pretrain.init_opt_state(params)  # no schedule state: the config decides
     batch, key = _batch(), pretrain.step_key(0, 0)
     cfg = CFG.replace(weight_decay=0.0)
+    cfg_corr = cfg.replace(adam_bias_correction=True)
     p_plain, o_plain, _ = pretrain.make_train_step(cfg)(params, opt, batch, key)
-    p_corr, o_corr, _ = pretrain.make_train_step(
-        cfg.replace(adam_bias_correction=True))(params, opt, batch, key)
+    p_corr, o_corr, _ = pretrain.make_train_step(cfg_corr)(params, opt, batch, key)
     _assert_trees_close(o_corr["adam"], o_plain["adam"], atol=0.0)  # same moments
+    # the switch as data: the optimizer state's schedule wins over the step's config
+    p_data, _, _ = pretrain.make_train_step(cfg)(
+        params, pretrain.init_opt_state(params, cfg_corr), batch, key)
+    _assert_trees_close(p_data, p_corr, atol=0.0)
     # Moved by ~lr * sign(g) * 1 instead of ~lr * sign(g) * (1 - b1) / sqrt(1 - b2) = 3.16.
     d_plain = flat_dict(p_plain)["discriminator.head.out.bias"] - flat_dict(params)[
         "discriminator.head.out.bias"]
@@ -198,20 +241,17 @@ def test_steps_for_budget():
     # 900 s budget, 60 s spent; warm-up call 3 s, then 1.4 / 2.0 / 1.5 s: the median (1.5)
     # sets the pace, not the fastest step.
     times = [3.0, 1.4, 2.0, 1.5]
-    steps, step_s = steps_for_budget(times, 900.0, 60.0, use_compile=False, eval_batches=8,
+    steps, step_s = steps_for_budget(times, 900.0, 60.0, eval_batches=8,
                                      margin=0.0)
     assert step_s == 1.5
     reserve = 25.0 + 6 * 8 * 1.5 * 0.7  # six evaluations of 8 batches, 0.7 step each
     assert steps == int((900 - 60 - sum(times) - reserve) / 1.5)
-    with_margin, _ = steps_for_budget(times, 900.0, 60.0, use_compile=False, eval_batches=8,
+    with_margin, _ = steps_for_budget(times, 900.0, 60.0, eval_batches=8,
                                       margin=0.05)
     assert with_margin == int(0.95 * (900 - 60 - sum(times) - reserve) / 1.5)
-    # a compile's slow first call is reserved again for the run's own first call
-    compiled, _ = steps_for_budget(times, 900.0, 60.0, use_compile=True, eval_batches=8,
-                                   margin=0.0)
-    assert compiled == int((900 - 60 - sum(times) - reserve - 1.5) / 1.5)
+    # the slow first call (a compile) counts as spent once: the run reuses the timed step
     # a budget already spent still runs one step
-    assert steps_for_budget(times, 10.0, 60.0, use_compile=False)[0] == 1
+    assert steps_for_budget(times, 10.0, 60.0)[0] == 1
 
 
 def test_refit_point_and_steps():
