@@ -1,6 +1,7 @@
 """Cold compile time of the pre-training step: plain ``torch.compile`` vs ``electra_fn.compiling``.
 
     python benchmarks/compile_time.py --layers 1                 # both, ELECTRA-Small with 1 layer
+    python benchmarks/compile_time.py --layers 2 --which threshold,library
     python benchmarks/compile_time.py --layers 12 --which library --device cuda --dtype bf16
 
 Each measurement runs in a fresh subprocess with its own empty Inductor cache directory, so it
@@ -37,7 +38,12 @@ opt = pretrain.init_opt_state(params, cfg)
 data = bench.synthetic_batch(cfg, device, seed=1)
 amp = torch.bfloat16 if dtype == "bf16" else None
 step = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type)
-step = compiling.compile(step) if which == "library" else torch.compile(step, fullgraph=True)
+if which == "library":
+    step = compiling.compile(step)
+elif which == "threshold":  # the library's first option alone (its options before 2026-11-27b)
+    step = torch.compile(step, fullgraph=True, options={{"realize_opcount_threshold": 16}})
+else:
+    step = torch.compile(step, fullgraph=True)
 def sync():
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -60,13 +66,21 @@ print(orjson.dumps({{"which": which, "first_call_s": first,
 def measure(which: str, args) -> dict:
     import orjson
 
-    with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache:
+    with tempfile.TemporaryDirectory(prefix="inductor-cold-") as tmp:
+        # --cache-dir: the given (empty) directory, so a later process can reuse what this
+        # compile left there (benchmarks/device_session.sh); by default a fresh one per run
+        cache = str(args.cache_dir) if args.cache_dir else tmp
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
         code = CHILD.format(root=str(ROOT), bench=str(ROOT / "benchmarks"),
                             args=(which, args.preset, args.layers, args.batch_size,
                                   args.device, args.dtype))
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, timeout=args.timeout)
+        try:
+            proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                  text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            # a compile still running at the limit is a result too: "not done in N s"
+            return {"which": which, "error": f"not finished after --timeout {args.timeout:g} s",
+                    "timed_out_s": args.timeout}
     if proc.returncode != 0:
         return {"which": which, "error": proc.stderr.strip().splitlines()[-1:]}
     return orjson.loads(proc.stdout.strip().splitlines()[-1])
@@ -74,7 +88,10 @@ def measure(which: str, args) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--which", choices=["both", "plain", "library"], default="both")
+    ap.add_argument("--which", default="both",
+                    help="comma-separated: plain (torch.compile), threshold "
+                         "(realize_opcount_threshold=16 only), library "
+                         "(electra_fn.compiling.compile); both = plain,library")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=2)
@@ -82,8 +99,14 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", choices=["float32", "bf16"], default="float32")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--cache-dir", type=Path, default=None,
+                    help="Inductor cache directory to compile into (kept afterwards; should be "
+                         "empty for a cold compile); default: a fresh temporary one per run")
     args = ap.parse_args(argv)
-    names = ["plain", "library"] if args.which == "both" else [args.which]
+    names = ["plain", "library"] if args.which == "both" else args.which.split(",")
+    bad = [n for n in names if n not in ("plain", "threshold", "library")]
+    if bad:
+        ap.error(f"--which: unknown {bad}; expected plain, threshold, library or both")
     rows = []
     for name in names:
         r = measure(name, args)
@@ -96,7 +119,8 @@ def main(argv=None) -> int:
     if args.json:
         import orjson
 
-        args.json.write_bytes(orjson.dumps({"args": vars(args) | {"json": str(args.json)},
+        args.json.write_bytes(orjson.dumps({"args": {k: str(v) if isinstance(v, Path) else v
+                                                     for k, v in vars(args).items()},
                                             "rows": rows}, option=orjson.OPT_INDENT_2))
     return 0 if all("error" not in r for r in rows) else 1
 

@@ -240,3 +240,35 @@ def test_time_limit_stops_building_variants_and_still_reports(tmp_path):
     assert [f["variant"] for f in r["failures"]] == ["ours-func-eager", "hf-eager"]
     assert all(f["error"].startswith("not built:") for f in r["failures"])
     assert orjson.loads(out.read_bytes())["failures"] == r["failures"]
+
+
+def _compile_time_module():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compile_time.py"
+    spec = importlib.util.spec_from_file_location("electra_compile_time_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compile_time_records_a_compile_cut_off_at_its_limit(tmp_path, monkeypatch):
+    """A compile still running at --timeout is a result ("not finished after N s") written to
+    the JSON, with the cache directory it compiled into; the exit status says it failed."""
+    ct = _compile_time_module()
+    seen = {}
+
+    def run(cmd, env, **kw):
+        seen["cache"] = env["TORCHINDUCTOR_CACHE_DIR"]
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(ct.subprocess, "run", run)
+    out, cache = tmp_path / "ct.json", tmp_path / "inductor"
+    rc = ct.main(["--which", "library", "--layers", "12", "--timeout", "7",
+                  "--cache-dir", str(cache), "--json", str(out)])
+    assert rc == 1
+    assert seen["cache"] == str(cache)
+    got = orjson.loads(out.read_bytes())
+    assert got["args"]["cache_dir"] == str(cache) and got["args"]["layers"] == 12
+    assert got["rows"] == [{"which": "library", "error": "not finished after --timeout 7 s",
+                            "timed_out_s": 7.0}]
+    with pytest.raises(SystemExit):
+        ct.main(["--which", "library,bogus"])
