@@ -205,10 +205,12 @@ def cached_predict(model_cfg: ModelConfig, mode: CompileMode,
 
 
 def default_compile_mode(device: str | torch.device) -> CompileMode:
-    """Eager on CPU: measured (benchmarks/finetune_compile.py), inductor's compile takes
-    longer than it saves at GLUE sizes, and static shapes would compile once per padded width
-    (up to 2 * max_len / 8 graphs). Elsewhere one dynamic-shape graph (not yet measured)."""
-    return "eager" if torch.device(device).type == "cpu" else "dynamic"
+    """Eager on every device. On CPU measured (benchmarks/finetune_compile.py): inductor's
+    compile takes longer than it saves at GLUE sizes, and static shapes would compile once per
+    padded width (up to 2 * max_len / 8 graphs). On a GPU the compiled step is unmeasured, and
+    the compile of the (larger) pre-training step had not finished after six minutes on an
+    H200, longer than a GLUE task's fine-tuning there; ``--compile static|dynamic`` opts in."""
+    return "eager"
 
 
 def pad_multiple_for(mode: CompileMode) -> int:

@@ -69,9 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch CPU threads (default: torch's). On a CPU shared with other "
                    "jobs, 1 can be several times faster than oversubscribed threads")
     p.add_argument("--compile", default="auto", choices=("auto", "eager", "static", "dynamic"),
-                   help="auto: eager on CPU (faster there once compile time counts), one "
-                   "dynamic-shape graph on GPU; static: one graph per batch shape, widths "
-                   "padded to multiples of 8")
+                   help="auto (= eager): measured faster than compiling on CPU once compile "
+                   "time counts, and compiling is unmeasured on GPU (minutes); static: one "
+                   "graph per batch shape, widths padded to multiples of 8; dynamic: one "
+                   "dynamic-shape graph")
     p.add_argument("--no-compile", action="store_true", help="same as --compile eager")
     p.add_argument("--strict", action="store_true", help="fail on malformed rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -7,7 +7,9 @@
 Without arguments on a CPU the run is budgeted to about 15 minutes of wall time: the number of
 steps is measured and fitted to ``--time-budget`` and the learning-rate schedule is scaled to
 it; the step runs eagerly, in bf16 autocast where the CPU has native bf16. On a GPU the
-defaults are the paper's (batch 128, sequence 128, 1M steps, bf16 autocast, compiled step).
+defaults are the paper's (batch 128, sequence 128, 1M steps, bf16 autocast), with the eager
+step; ``--compile`` compiles it as one graph, whose cold compile has taken over six minutes
+on an H200 (README, "Pre-training").
 The held-out evaluations also score the discriminator on replacements drawn from two fixed
 distributions (uniform, and the training data's token frequencies). Writes into ``--out``:
 ``config.json``, ``metrics.jsonl``, ``eval.jsonl``, ``checkpoints/``, ``tokenizer/``,
@@ -135,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto = bf16 autocast on CUDA and on CPUs with native bf16 "
                         "(AVX512-BF16/AMX), float32 elsewhere; a resumed run keeps its own")
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
-                   help="torch.compile the train step (default on CUDA)")
+                   help="torch.compile the train step as one graph (opt-in: its first call "
+                        "compiles for minutes; over six on an H200)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None)
@@ -383,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
     amp = resolve_amp(args.dtype, device)
-    use_compile = on_gpu if args.compile is None else args.compile
+    use_compile = bool(args.compile)
     out = Path(args.out)
     ckpt_dir = out / "checkpoints"
     log = lambda msg: print(msg, flush=True)  # noqa: E731
@@ -470,6 +473,9 @@ def run(args: argparse.Namespace) -> int:
         f"{seq_len} tokens ({st['train_documents']} / {st['valid_documents']} documents)")
     if st["valid_examples"] == 0:
         raise UserError("the held-out split is empty; pass --valid or a larger corpus")
+    if use_compile:
+        log("compile: the train step is compiled as one graph on its first call, which takes "
+            "minutes (no progress is shown meanwhile)")
 
     # --- config and step budget ----------------------------------------------------------
     fitted_fn = None

@@ -173,6 +173,25 @@ def test_resume_is_exact(full_run, resumed_run):
     assert _rows(full_run / "eval.jsonl") == _rows(out / "eval.jsonl")
 
 
+def test_resume_from_a_checkpoint_without_schedule_state_is_exact(tmp_path, cache, full_run):
+    """A checkpoint written before the schedule became optimizer state (no
+    ``opt_state["schedule"]``) resumes with the schedule of its recorded config, exactly."""
+    out = tmp_path / "run"
+    _ok(_cli(out, cache, "--steps", STEPS, "--stop-at-step", 3))
+    path = out / "checkpoints" / "step_00000003.pt"
+    state = ckpt.load_checkpoint(path)
+    assert "schedule" in state["opt_state"]
+    old = {k: v for k, v in state["opt_state"].items() if k != "schedule"}
+    path.unlink()
+    ckpt.save_checkpoint(out / "checkpoints", params=state["params"], opt_state=old, step=3,
+                         data_position=tuple(state["data_position"]), config=state["config"])
+    _ok(_cli(out, cache, "--steps", STEPS, "--resume"))
+    a = ckpt.load_checkpoint(full_run / "checkpoints" / "step_00000006.pt")
+    b = ckpt.load_checkpoint(out / "checkpoints" / "step_00000006.pt")
+    assert _trees_equal(a["params"], b["params"]), "resumed params differ"
+    assert _trees_equal(a["opt_state"], b["opt_state"]), "resumed optimizer state differs"
+
+
 def test_plot_is_written(resumed_run):
     out, r = resumed_run
     png = out / "curves.png"
@@ -330,13 +349,14 @@ def test_overwrite_replaces_the_old_runs_checkpoints(tmp_path, cache, resumed_ru
     assert orjson.loads((out / "summary.json").read_bytes())["steps"] == 2
 
 
-def test_compiled_bf16_run_the_gpu_default_path_on_cpu(tmp_path, cache, full_run):
-    """What a CUDA run does by default (compiled step, bf16 autocast, key handed over on the
-    step's device), run on CPU: it trains, logs finite metrics, records the settings, and its
-    float32 master weights are what it saves."""
+def test_compiled_bf16_run_on_cpu(tmp_path, cache, full_run):
+    """The compiled path (``--compile``: one graph, bf16 autocast, key handed over on the
+    step's device), run on CPU: it says the first call compiles, trains, logs finite metrics,
+    records the settings, and its float32 master weights are what it saves."""
     out = tmp_path / "run"
     r = _ok(_cli(out, cache, "--steps", 3, "--compile", "--dtype", "bf16"))
     assert "bf16 autocast, compiled" in r.stdout
+    assert "compiled as one graph on its first call" in r.stdout
     run = orjson.loads((out / "config.json").read_bytes())["run"]
     assert run["compile"] is True and run["amp"] == "torch.bfloat16"
     rows = _rows(out / "metrics.jsonl")
