@@ -417,6 +417,8 @@ def run(args: argparse.Namespace) -> int:
         # flags that define the run may be repeated on --resume, but must agree with it
         run = saved.get("run") or {}
         amp = resolve_amp(args.dtype, device, recorded=run.get("amp"))
+        if args.compile is None:  # keep the step it ran (compiled and eager draw other noise)
+            use_compile = bool(run.get("compile", False))
         for flag, field, have in (
                 ("preset", "preset", run.get("preset")),
                 ("seq_len", "seq_len", cfg.seq_len),

@@ -192,6 +192,39 @@ def test_resume_from_a_checkpoint_without_schedule_state_is_exact(tmp_path, cach
     assert _trees_equal(a["opt_state"], b["opt_state"]), "resumed optimizer state differs"
 
 
+def test_resume_keeps_the_step_it_ran(tmp_path, cache, monkeypatch):
+    """A run recorded as compiled resumes compiled unless --no-compile says otherwise (the
+    compiled and eager steps draw different noise, so switching silently would not continue
+    the run exactly); one recorded as eager resumes eager unless --compile."""
+    from experiments import pretrain_small
+
+    out = tmp_path / "run"
+    _ok(_cli(out, cache, "--steps", STEPS, "--stop-at-step", 3))
+    path = out / "checkpoints" / "step_00000003.pt"
+    state = ckpt.load_checkpoint(path)
+    state["config"]["run"]["compile"] = True  # as a run started with --compile records it
+    path.unlink()
+    ckpt.save_checkpoint(out / "checkpoints", params=state["params"],
+                         opt_state=state["opt_state"], step=3,
+                         data_position=tuple(state["data_position"]), config=state["config"])
+    asked = []
+    real = pretrain_small.make_step_fn
+
+    def make_step_fn(cfg, device, amp, use_compile):
+        asked.append(use_compile)
+        return real(cfg, device, amp, False)  # the decision is under test, not the compile
+
+    monkeypatch.setattr(pretrain_small, "make_step_fn", make_step_fn)
+    for extra, want in (((), True), (("--no-compile",), False), (("--compile",), True)):
+        r = _main_in_process(_args(out, cache, "--resume", "--stop-at-step", 4, *extra))
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert asked[-1] is want, extra
+        # back to the step-3 checkpoint for the next case
+        for p in ckpt.list_checkpoints(out / "checkpoints"):
+            if p.name != "step_00000003.pt":
+                p.unlink()
+
+
 def test_plot_is_written(resumed_run):
     out, r = resumed_run
     png = out / "curves.png"
