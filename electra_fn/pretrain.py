@@ -20,7 +20,7 @@ from torch.func import grad_and_value
 from . import losses, masking, model, optim, sampling
 from . import rng as rnglib
 from .config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, PretrainConfig
-from .tree import tree_leaves, tree_map, tree_unflatten, tree_flatten
+from .tree import memo_by_structure, tree_flatten, tree_leaves, tree_map, tree_unflatten
 
 Params = dict
 Batch = dict
@@ -257,12 +257,12 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
             return electra_forward(params, batch, key, cfg, train=True)
 
     grads_of = grad_fn(loss_fn, grad_route)
+    # A pure function of the tree's paths: once per structure eagerly (~5 ms a call), traced
+    # away when compiled (tree.memo_by_structure).
+    decay_mask_of = memo_by_structure(optim.default_decay_mask)
 
     def train_step(params: Params, opt_state: dict, batch: Batch, key: torch.Tensor):
-        # Recomputed per call (a pure function of the tree's paths; traced away when compiled):
-        # caching it in a closure dict made the compiled step guard on the dict and recompile
-        # on its second call.
-        decay_mask = optim.default_decay_mask(params)
+        decay_mask = decay_mask_of(params)
         grads, (loss, metrics) = grads_of(params, batch, key)
         grads, gnorm = optim.clip_by_global_norm(grads, cfg.clip_norm)
         step = opt_state["step"]
