@@ -145,26 +145,20 @@ def electra_lr(step: torch.Tensor, *, peak_lr: float | torch.Tensor,
     warmup factor, so warmup and decay overlap; warmup_steps=0 means no warmup.
     ``peak_lr``, ``total_steps`` and ``warmup_steps`` may be numbers or 0-d tensors (as
     ``pretrain.schedule_state`` keeps them, so a compiled step can change them without
-    recompiling); both give the same float32 arithmetic.
+    recompiling); numbers are made such tensors, so both take the same float32 arithmetic.
     """
     step_f = step.to(torch.float32)
-    if isinstance(total_steps, torch.Tensor):
-        total = total_steps.to(step_f.device, torch.float32)
-        # (total - step) / total rather than 1 - step / total: exact near the end in float32.
-        remaining = (total - torch.minimum(step_f, total)) / total
-    else:
-        total_f = float(total_steps)
-        remaining = (total_f - step_f.clamp(max=total_f)) / total_f
-    if isinstance(peak_lr, torch.Tensor):
-        peak_lr = peak_lr.to(step_f.device, torch.float32)
-    lr = (peak_lr - end_lr) * remaining ** power + end_lr
-    if isinstance(warmup_steps, torch.Tensor):
-        warm = warmup_steps.to(step_f.device, torch.float32)
-        # no branch on the value (it is data when compiled): warmup 0 gives a factor of 1
-        factor = torch.where(warm > 0, step_f / torch.clamp(warm, min=1.0), 1.0)
-        lr = lr * torch.clamp(factor, max=1.0)
-    elif warmup_steps > 0:
-        lr = lr * (step_f / float(warmup_steps)).clamp(max=1.0)
+
+    def f32(x):  # a number or a 0-d tensor, as float32 on the step's device
+        return torch.as_tensor(x, dtype=torch.float32, device=step_f.device)
+
+    total, warm = f32(total_steps), f32(warmup_steps)
+    # (total - step) / total rather than 1 - step / total: exact near the end in float32.
+    remaining = (total - torch.minimum(step_f, total)) / total
+    lr = (f32(peak_lr) - end_lr) * remaining ** power + end_lr
+    # no branch on the value (it is data when compiled): warmup 0 gives a factor of 1
+    factor = torch.where(warm > 0, step_f / torch.clamp(warm, min=1.0), 1.0)
+    lr = lr * torch.clamp(factor, max=1.0)
     return lr
 
 

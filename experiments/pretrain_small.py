@@ -49,7 +49,7 @@ EVAL_BATCHES = 8
 EVAL_BATCH_STEPS = 0.7
 BUDGET_TIMED_STEPS = 3  # timed steps after the warm-up call when fitting a --time-budget
 BUDGET_MARGIN = 0.05  # share of the fitted time kept back for a machine that slows down
-# A budgeted eager run re-fits its step count from the pace of its own steps (the three scratch
+# A budgeted run re-fits its step count from the pace of its own steps (the three scratch
 # steps timed before the run can be off by a third on a machine still settling): a tenth of
 # the way in (no earlier than step 20), from steps 4 on; and halfway, from the steps since.
 REFIT_AT_MIN = 20
@@ -705,8 +705,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
                     refits.append({"at": step, "s_per_step": step_s, "steps": total})
                     if total != cfg.total_steps:
                         cfg = cfg.replace(total_steps=total)
-                        opt = {**opt, "schedule": {**opt["schedule"], "total_steps": torch.tensor(
-                            float(total), dtype=torch.float32, device=device)}}
+                        opt = {**opt, "schedule": pretrain.schedule_state(cfg, device)}
                         if len(refits) == 1:  # later ones keep the evaluation steps
                             log_every, eval_every = cadence(total)
                         bar.total = total
