@@ -1,24 +1,23 @@
 #!/usr/bin/env bash
 # The whole GPU measurement as one time-limited script, in stages with their own limits (a slow
-# compile in one cannot eat the next one's time; every stage writes its own files):
-#   1. the cold compile of the full training step (benchmarks/compile_time.py, ELECTRA-Small,
-#      bf16, batch 128) under COMPILE_LIMIT: its time, or "not finished after N s", and if it
-#      finishes the compiled step's ms/step. It compiles into $WORK/inductor, the Inductor cache
-#      the later stages use;
-#   2. the throughput benchmark against Hugging Face with a profile; our compiled step is in it
-#      only if stage 1 finished (the benchmark's graph is the one stage 1 compiled: the
-#      schedule is data, so it can come from the cache);
-#   3. a pre-training run of `python -m experiments.pretrain_small` on the GPU (the default
-#      eager step, bf16 autocast) under `--time-budget`: the end-to-end path;
-#   4. the device checks of benchmarks/gpu_checks.py (HF parity, bf16, compiled == eager) in
-#      the time that is left.
-# Everything lands in $OUT (at most 8 files): card.txt session.log compile.json
-# throughput.json throughput.md traces.tar.gz pretrain.tar.gz checks.json
+# stage cannot eat the next one's time; every stage writes its own files):
+#   1. device checks of benchmarks/gpu_checks.py (default: the CUDA-graph step against the same
+#      step run op by op, and HF parity);
+#   2. the throughput benchmark against Hugging Face with a profile (default variants: HF eager,
+#      our eager step, our CUDA-graph step);
+#   3. a pre-training run of `python -m experiments.pretrain_small` on the GPU (its default
+#      there: the CUDA-graph step, bf16 autocast) under `--time-budget`: the end-to-end path;
+#   4. if at least COMPILE_MIN seconds are left: the cold compile of the full training step
+#      (benchmarks/compile_time.py, ELECTRA-Small, bf16, batch 128): its time, or "not
+#      finished after N s", and if it finishes the compiled step's ms/step.
+# Everything lands in $OUT (at most 8 files): card.txt session.log checks.json
+# throughput.json throughput.md traces.tar.gz pretrain.tar.gz compile.json
 #
 #   OUT=/tmp/out bash benchmarks/device_session.sh                  # on the GPU machine
-#   DEVICE=cpu PRESET=tiny BATCH=8 LAYERS=1 COMPILE_LIMIT=200 CHECKS=hf_parity \
+#   DEVICE=cpu PRESET=tiny BATCH=8 LAYERS=1 CHECKS=graph,hf_parity COMPILE_MIN=100 \
 #     PRETRAIN_BUDGET=60 PRETRAIN_ARGS="--preset tiny --vocab-size 30522 --batch-size 8" \
-#     SESSION_S=420 OUT=/tmp/out bash benchmarks/device_session.sh   # dry run on CPU
+#     VARIANTS=hf-eager,ours-autograd-eager SESSION_S=420 OUT=/tmp/out \
+#     bash benchmarks/device_session.sh                             # dry run on CPU
 #
 # Packages the GPU image lacks (orjson) travel as wheels in .whl/ (benchmarks/
 # fetch_device_wheels.sh); they are installed into /tmp/site first. The pre-training corpus
@@ -33,10 +32,12 @@ PRESET=${PRESET:-small}
 LAYERS=${LAYERS:-12}
 BATCH=${BATCH:-128}
 DTYPE=${DTYPE:-bf16}
-CHECKS=${CHECKS:-hf_parity,bf16,compiled}
-SESSION_S=${SESSION_S:-560}      # the whole session; the last stages get what is left of it
-COMPILE_LIMIT=${COMPILE_LIMIT:-300}
-PRETRAIN_BUDGET=${PRETRAIN_BUDGET:-120}
+CHECKS=${CHECKS:-graph,hf_parity}
+CHECKS_LIMIT=${CHECKS_LIMIT:-120}
+VARIANTS=${VARIANTS:-hf-eager,ours-autograd-eager,ours-autograd-graph}
+SESSION_S=${SESSION_S:-540}      # the whole session; the last stages get what is left of it
+COMPILE_MIN=${COMPILE_MIN:-240}
+PRETRAIN_BUDGET=${PRETRAIN_BUDGET:-150}
 PRETRAIN_ARGS=${PRETRAIN_ARGS:-}
 CORPUS=${CORPUS:-.devdata/corpus}
 PY=${PYTHON:-python3}
@@ -70,18 +71,14 @@ fi
 tee -a "$LOG" < "$OUT/card.txt"
 status=0
 
-# -- 1. cold compile of the training step ---------------------------------------------------
-say "== 1. cold compile, $PRESET with $LAYERS layers, batch $BATCH, $DTYPE (limit ${COMPILE_LIMIT}s)"
-"$PY" benchmarks/compile_time.py --which library --preset "$PRESET" --layers "$LAYERS" \
-    --batch-size "$BATCH" --device "$DEVICE" --dtype "$DTYPE" --timeout "$COMPILE_LIMIT" \
-    --cache-dir "$TORCHINDUCTOR_CACHE_DIR" --json "$OUT/compile.json" 2>&1 | tee -a "$LOG"
-compiled_ok=$("$PY" -c "import json,sys; r=json.load(open(sys.argv[1]))['rows'][0]; print(int('error' not in r))" "$OUT/compile.json" 2>/dev/null || echo 0)
-[ "$compiled_ok" = 1 ] || status=1
+# -- 1. device checks ---------------------------------------------------------------------
+L=$(( CHECKS_LIMIT < $(left) ? CHECKS_LIMIT : $(left) ))
+say "== 1. checks $CHECKS (limit ${L}s)"
+timeout -k 10 "$L" "$PY" benchmarks/gpu_checks.py --device "$DEVICE" --preset "$PRESET" \
+    --checks "$CHECKS" --json "$OUT/checks.json" 2>&1 | tee -a "$LOG"
+rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { say "checks exit $rc"; status=1; }
 
 # -- 2. benchmark -----------------------------------------------------------------------------
-VARIANTS=${VARIANTS:-hf-eager,ours-autograd-eager,hf-compile}
-# our compiled step only where it compiled in stage 1 (and only at the full depth it compiled)
-[ "$compiled_ok" = 1 ] && [ "$LAYERS" = 12 ] && VARIANTS="$VARIANTS,ours-func-compile"
 L=$(( $(left) - PRETRAIN_BUDGET - 40 ))
 if [ "$L" -ge 60 ]; then
     say "== 2. benchmark $VARIANTS (limit ${L}s)"
@@ -97,7 +94,7 @@ else
     say "== 2. benchmark skipped: ${L}s left for it"
 fi
 
-# -- 3. pre-training on the device (eager, the default) ---------------------------------------
+# -- 3. pre-training on the device (its defaults: CUDA graph, bf16) ---------------------------
 B=$(( $(left) - 30 < PRETRAIN_BUDGET ? $(left) - 30 : PRETRAIN_BUDGET ))
 if [ "$B" -ge 45 ]; then
     say "== 3. pre-training, --time-budget ${B}s"
@@ -122,15 +119,15 @@ else
     say "== 3. pre-training skipped: ${B}s left for it"
 fi
 
-# -- 4. device checks, in the time left -------------------------------------------------------
-L=$(left)
-if [ "$L" -ge 30 ]; then
-    say "== 4. checks (limit ${L}s)"
-    timeout -k 10 "$L" "$PY" benchmarks/gpu_checks.py --device "$DEVICE" --preset "$PRESET" \
-        --checks "$CHECKS" --json "$OUT/checks.json" 2>&1 | tee -a "$LOG"
-    rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { say "checks exit $rc"; status=1; }
+# -- 4. cold compile of the training step, if there is time for it ---------------------------
+L=$(( $(left) - 10 ))
+if [ "$L" -ge "$COMPILE_MIN" ]; then
+    say "== 4. cold compile, $PRESET with $LAYERS layers, batch $BATCH, $DTYPE (limit ${L}s)"
+    "$PY" benchmarks/compile_time.py --which library --preset "$PRESET" --layers "$LAYERS" \
+        --batch-size "$BATCH" --device "$DEVICE" --dtype "$DTYPE" --timeout "$L" \
+        --cache-dir "$TORCHINDUCTOR_CACHE_DIR" --json "$OUT/compile.json" 2>&1 | tee -a "$LOG"
 else
-    say "== 4. checks skipped: ${L}s left"
+    say "== 4. cold compile skipped: ${L}s left (COMPILE_MIN ${COMPILE_MIN}s)"
 fi
 say "done, status $status"
 exit $status

@@ -14,6 +14,12 @@ The test suite runs on CPU only; these are the checks that need the device itsel
    also compiles once.
 3. ``hf_parity``: the benchmark's Hugging Face peer computes the same float32 loss as our step
    on identical weights, inputs and noise (dropout off), on the device.
+4. ``graph``: the step captured as a CUDA graph (:mod:`electra_fn.cuda_graph`) agrees with
+   the same step run op by op (same counter-based noise; the embedding gradients are summed
+   by atomic adds in the captured step, hence a tolerance) for three float32 steps, the
+   third after the schedule was replaced as a budget re-fit does; the bf16 graphed step is
+   finite; and both steps are timed (ms/step, at ``--batch-size``). On a CPU the check runs
+   the ``replay`` stand-in.
 
 Each check prints one line (PASS/FAIL and its numbers); ``--json`` writes them all (orjson).
 The exit status is 1 if any check fails. The model is ELECTRA-Small with ``--layers`` layers
@@ -37,7 +43,7 @@ import torch._inductor.config
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from electra_fn import compiling, model, pretrain  # noqa: E402
+from electra_fn import compiling, cuda_graph, model, pretrain  # noqa: E402
 from electra_fn import rng as rnglib  # noqa: E402
 from electra_fn.config import ModelConfig, PretrainConfig  # noqa: E402
 from electra_fn.tree import flat_dict, tree_map  # noqa: E402
@@ -148,7 +154,68 @@ def check_hf_parity(args, device) -> dict:
             "tolerance": args.parity_rtol, "loss": float(ours)}
 
 
-CHECKS = {"compiled": check_compiled, "bf16": check_bf16, "hf_parity": check_hf_parity}
+def _time_steps(step, params, opt, batch, cfg, device, n: int = 10) -> float:
+    """ms per step over n steps after one untimed call (the state is carried along)."""
+    params, opt, m = step(params, opt, batch, pretrain.step_key(cfg.seed, 0))
+    float(m["loss"])
+    t0 = time.perf_counter()
+    for i in range(n):
+        params, opt, m = step(params, opt, batch, pretrain.step_key(cfg.seed, i + 1))
+    float(m["loss"])
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def check_graph(args, device) -> dict:
+    cfg, params, batch = _setup(args, device)
+    backend = "cuda" if device.type == "cuda" else "replay"
+    opt = pretrain.init_opt_state(params, cfg)
+    plain = pretrain.make_train_step(cfg, device_type=device.type, grad_route="autograd")
+    graphed = cuda_graph.graph_step(plain, device=device, backend=backend)
+    pr, orr = tree_map(torch.clone, (params, opt))
+    pg, og = tree_map(torch.clone, (params, opt))
+    t0 = time.perf_counter()
+    loss_diff = 0.0
+    for i in range(3):
+        key = pretrain.step_key(cfg.seed, i)
+        if i == 2:
+            longer = cfg.replace(total_steps=2 * cfg.total_steps)
+            orr = dict(orr, schedule=pretrain.schedule_state(longer, device))
+            og = dict(og, schedule=pretrain.schedule_state(longer, device))
+        with cuda_graph._capture_mode(fused_rng=backend == "cuda"):  # the same ops, uncaptured
+            pr, orr, mr = plain(pr, orr, batch, key)
+        pg, og, mg = graphed(pg, og, batch, key)
+        loss_diff = max(loss_diff, abs(float(mg["loss"]) - float(mr["loss"])))
+        if i == 0:
+            first_call_s = time.perf_counter() - t0
+    param_diff = _max_diff(pg, pr)
+    lr_ok = abs(float(mg["lr"]) - float(mr["lr"])) <= 1e-9
+    # bf16 autocast, as pretrain_small runs it on a GPU
+    bf16 = cuda_graph.graph_step(
+        pretrain.make_train_step(cfg, amp_dtype=torch.bfloat16, device_type=device.type,
+                                 grad_route="autograd"), device=device, backend=backend)
+    pb, ob = tree_map(torch.clone, (params, opt))
+    for i in range(3):
+        pb, ob, mb = bf16(pb, ob, batch, pretrain.step_key(cfg.seed, i))
+    bf16_finite = all(bool(torch.isfinite(mb[k])) for k in ("loss", "grad_norm"))
+    timing = {}
+    if device.type == "cuda":
+        p0, o0 = tree_map(torch.clone, (params, opt))
+        eager_bf16 = pretrain.make_train_step(cfg, amp_dtype=torch.bfloat16,
+                                              device_type=device.type, grad_route="autograd")
+        timing = {"eager_bf16_ms_per_step": round(_time_steps(eager_bf16, p0, o0, batch, cfg,
+                                                              device), 2),
+                  "graph_bf16_ms_per_step": round(_time_steps(bf16, pb, ob, batch, cfg,
+                                                              device), 2)}
+    ok = (loss_diff <= args.atol and param_diff <= args.atol and lr_ok and bf16_finite
+          and graphed.captures == 1 and graphed.capture_error is None)
+    return {"pass": ok, "backend": backend, "loss_max_abs_diff": loss_diff,
+            "param_max_abs_diff": param_diff, "tolerance": args.atol, "lr_ok": lr_ok,
+            "bf16_finite": bf16_finite, "captures": graphed.captures,
+            "first_call_s": round(first_call_s, 2), **timing}
+
+
+CHECKS = {"compiled": check_compiled, "bf16": check_bf16, "hf_parity": check_hf_parity,
+          "graph": check_graph}
 
 
 def main(argv=None) -> int:

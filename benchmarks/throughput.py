@@ -21,6 +21,8 @@ Variants (``--variants``, comma separated, or ``all``):
   compiled again with graph breaks allowed, which compiles the forward/loss and the update as
   separate graphs (``--autograd-compile trace`` first tries dynamo's ``trace_autograd_ops``);
   the label says which one ran.
+* ``ours-{func,autograd}-graph``: the eager step captured once as a CUDA graph and replayed
+  (:mod:`electra_fn.cuda_graph`; CUDA only), what ``pretrain_small`` runs on a GPU.
 * ``hf-{eager,compile,max-autotune,reduce-overhead}``: ``ElectraForMaskedLM`` (generator) +
   ``ElectraForPreTraining`` (discriminator) sharing one embedding module, our ``mask_batch``
   on the same noise, Gumbel-max sampling, MLM cross entropy at the masked positions of the
@@ -57,7 +59,7 @@ import torch
 import torch._dynamo
 import torch.nn.functional as F
 
-from electra_fn import compiling
+from electra_fn import compiling, cuda_graph
 from electra_fn import flops as flopslib
 from electra_fn import masking, sampling
 from electra_fn import rng as rnglib
@@ -71,13 +73,14 @@ from electra_fn.tree import tree_map
 SPECIAL_IDS = (PAD_ID, CLS_ID, SEP_ID, MASK_ID)
 COMPILE_MODES = ("compile", "max-autotune", "reduce-overhead")
 MODES = ("eager",) + COMPILE_MODES
-ALL_VARIANTS = tuple(f"ours-{route}-{mode}" for route in ("func", "autograd") for mode in MODES
-                     ) + tuple(f"hf-{mode}" for mode in MODES)
+ALL_VARIANTS = tuple(f"ours-{route}-{mode}" for route in ("func", "autograd")
+                     for mode in MODES + ("graph",)) + tuple(f"hf-{mode}" for mode in MODES)
 CPU_DEFAULT = ("ours-func-eager", "ours-autograd-eager", "ours-func-compile",
                "ours-autograd-compile", "hf-eager", "hf-compile")
 # --time-limit keeps this much for the timed rounds, the profile and the report.
 BUILD_RESERVE_S = 45.0
-CUDA_DEFAULT = CPU_DEFAULT + ("ours-func-max-autotune", "ours-func-reduce-overhead")
+CUDA_DEFAULT = CPU_DEFAULT + ("ours-autograd-graph", "ours-func-max-autotune",
+                              "ours-func-reduce-overhead")
 # Dense bf16 / TF32 tensor-core peaks from the datasheets (SXM parts), for "mfu_nominal".
 NOMINAL_PEAKS = {"H100": {"bf16": 989e12, "tf32": 494e12}, "H200": {"bf16": 989e12,
                  "tf32": 494e12}, "A100": {"bf16": 312e12, "tf32": 156e12}}
@@ -269,7 +272,10 @@ class OursRunner:
         self.dynamo_config = dict(dynamo_config or {})
         step = make_train_step(cfg, amp_dtype=amp_dtype, device_type=device.type,
                                grad_route=route)
-        if mode != "eager":
+        if mode == "graph":
+            # the eager step captured as one CUDA graph, as pretrain_small runs it on a GPU
+            step = cuda_graph.graph_step(step, device=device)
+        elif mode != "eager":
             # with the library's Inductor options (electra_fn.compiling), as pretrain_small
             step = compiling.compile(step, fullgraph=fullgraph,
                                      mode=None if mode == "compile" else mode)
@@ -488,11 +494,13 @@ def build_variant(name: str, cfg: PretrainConfig, params: dict, device: torch.de
     # passes it: its counter-based noise is hashed there, with no CPU ops inside the graph
     # (and CUDA graphs would skip a graph with a CPU input). Eager steps keep CPU keys: the
     # native generator is seeded from the key's value, which would sync on a device key.
-    keys_device = device if (mode != "eager" and impl == "ours") else torch.device("cpu")
+    # A CUDA-graph step takes CPU keys too (it writes the value into its key buffer).
+    keys_device = (device if (mode not in ("eager", "graph") and impl == "ours")
+                   else torch.device("cpu"))
     # (label, fullgraph, dynamo config): a compiled step of ours first as one graph; the
     # autograd route then with dynamo tracing torch.autograd.grad, then with graph breaks.
     attempts = [(name, True, {})]
-    if impl == "ours" and mode != "eager":
+    if impl == "ours" and mode not in ("eager", "graph"):
         if route == "autograd" and autograd_compile == "trace" and hasattr(
                 torch._dynamo.config, "trace_autograd_ops"):
             attempts.append((f"{name} (trace_autograd_ops)", True, {"trace_autograd_ops": True}))
@@ -625,7 +633,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--variants", default=None,
                     help=f"comma-separated subset of {', '.join(ALL_VARIANTS)}, or 'all' "
                          f"(default on CPU: {', '.join(CPU_DEFAULT)}; on GPU also "
-                         "ours-func-max-autotune, ours-func-reduce-overhead)")
+                         f"{', '.join(CUDA_DEFAULT[len(CPU_DEFAULT):])})")
     ap.add_argument("--json", type=Path, default=None, help="write the results here (orjson)")
     ap.add_argument("--autograd-compile", default="breaks", choices=("breaks", "trace"),
                     help="when the autograd route's fullgraph compile fails: recompile with "

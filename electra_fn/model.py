@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import cuda_graph
 from . import layers as L
 from . import rng as rnglib
 from .config import EncoderConfig, ModelConfig
@@ -81,6 +82,16 @@ def finetune_params(params: Params, classifier: Params) -> Params:
 
 
 # -- forward ------------------------------------------------------------------------------
+def _lookup(table_VxE: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rows of ``table_VxE`` for ``ids``. While a step is captured as a CUDA graph, by
+    ``index_select`` (its backward is an atomic ``index_add``): the CUDA backward of
+    ``F.embedding`` sorts and reads a count on the host beyond 3,072 indices, which a capture
+    forbids (pytorch/pytorch#82886). Otherwise ``F.embedding`` (deterministic on CUDA)."""
+    if cuda_graph.capturing():
+        return table_VxE.index_select(0, ids.reshape(-1)).reshape(*ids.shape, -1)
+    return F.embedding(ids, table_VxE)
+
+
 def embed(p: Params, input_ids_BxL: torch.Tensor, token_type_ids_BxL: torch.Tensor | None,
           cfg: ModelConfig, key: torch.Tensor | None = None) -> torch.Tensor:
     """Word + position + token-type embeddings, LayerNorm, dropout -> [B, L, E]."""
@@ -88,11 +99,11 @@ def embed(p: Params, input_ids_BxL: torch.Tensor, token_type_ids_BxL: torch.Tens
     if seq_len > cfg.max_position_embeddings:
         raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings="
                          f"{cfg.max_position_embeddings}")
-    x = F.embedding(input_ids_BxL, p["word"]) + p["position"][:seq_len]
+    x = _lookup(p["word"], input_ids_BxL) + p["position"][:seq_len]
     if token_type_ids_BxL is None:
         x = x + p["token_type"][0]
     else:
-        x = x + F.embedding(token_type_ids_BxL, p["token_type"])
+        x = x + _lookup(p["token_type"], token_type_ids_BxL)
     x = L.layer_norm(p["layer_norm"], x, cfg.layer_norm_eps)
     return L.dropout(x, cfg.hidden_dropout, key)
 

@@ -126,8 +126,10 @@ def clip_by_global_norm(grads: Tree, max_norm: float | torch.Tensor) -> tuple[Tr
     """
     leaves, spec = tree_flatten(grads)
     norm = global_norm(leaves)
-    factor = max_norm / torch.maximum(norm, torch.as_tensor(max_norm, dtype=norm.dtype,
-                                                             device=norm.device))
+    if isinstance(max_norm, torch.Tensor):
+        factor = max_norm / torch.maximum(norm, max_norm.to(norm))
+    else:  # a number stays a scalar operand (no tensor made from host data on the device)
+        factor = max_norm / norm.clamp_min(max_norm)
     factor = factor + (norm - norm)  # NaN when norm is inf/NaN, as tf.clip_by_global_norm
     if all(g.dtype == torch.float32 for g in leaves):  # one multi-tensor op
         clipped = list(torch._foreach_mul(leaves, factor))

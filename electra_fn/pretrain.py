@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch.func import grad_and_value
 
-from . import losses, masking, model, optim, sampling
+from . import cuda_graph, losses, masking, model, optim, sampling
 from . import rng as rnglib
 from .config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, PretrainConfig
 from .tree import memo_by_structure, tree_flatten, tree_leaves, tree_map, tree_unflatten
@@ -55,7 +55,7 @@ def _bias_correction_step(flag: torch.Tensor, step: torch.Tensor) -> torch.Tenso
     As data (compiled, or on a device where reading the flag would wait for it): t = inf when
     unset, where 1 - b^t is exactly 1 and the corrected update equals the original's bit for
     bit. Eagerly on the CPU the flag is read and the uncorrected step skips the correction."""
-    if torch.compiler.is_compiling() or flag.device.type != "cpu":
+    if torch.compiler.is_compiling() or flag.device.type != "cpu" or cuda_graph.capturing():
         return torch.where(flag > 0, (step + 1).to(torch.float32), float("inf"))
     return step + 1 if bool(flag > 0) else None
 
@@ -282,7 +282,8 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
             decay_mask=decay_mask,
             bias_correction_step=bc_step)
         finite = torch.isfinite(loss) & torch.isfinite(gnorm)
-        if torch.compiler.is_compiling():  # fused into the update's kernels
+        if torch.compiler.is_compiling() or cuda_graph.capturing():
+            # Compiled: fused into the update's kernels. Captured as a CUDA graph: no host read.
             new_params = _where_tree(finite, new_params, params)
             new_adam = _where_tree(finite, new_adam, opt_state["adam"])
         elif not bool(finite):

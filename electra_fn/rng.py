@@ -24,17 +24,23 @@ import contextlib
 import torch
 
 _FORCE_COUNTER = [False]
+_FUSED = [False]
 
 
 @contextlib.contextmanager
-def counter_based():
-    """Use the counter-based backend in eager mode too (bit-identical to compiled runs)."""
-    old = _FORCE_COUNTER[0]
-    _FORCE_COUNTER[0] = True
+def counter_based(fused: bool = False):
+    """Use the counter-based backend in eager mode too (bit-identical to compiled runs).
+
+    ``fused=True`` computes each draw's hash in one compiled kernel (``torch.compile`` of a
+    small function with a dynamic length, compiled once per process and device type) instead
+    of ~30 elementwise ops; the numbers are the same. Meant for steps captured as CUDA graphs
+    (:mod:`electra_fn.cuda_graph`), where the hash would otherwise dominate the replay."""
+    old = _FORCE_COUNTER[0], _FUSED[0]
+    _FORCE_COUNTER[0], _FUSED[0] = True, fused
     try:
         yield
     finally:
-        _FORCE_COUNTER[0] = old
+        _FORCE_COUNTER[0], _FUSED[0] = old
 
 
 def _use_counter() -> bool:
@@ -67,9 +73,11 @@ def _fold_in(k, data):
 
 
 def _eager_cpu_scalar(k) -> bool:
-    """A plain CPU 0-d tensor outside tracing: its value can be read for free."""
+    """A plain CPU 0-d tensor outside tracing and outside ``counter_based()`` (which steps
+    captured as CUDA graphs use, where no value may be read on the host): its value can be
+    read for free."""
     return (type(k) is torch.Tensor and k.dim() == 0 and k.device.type == "cpu"
-            and not torch.compiler.is_compiling()
+            and not torch.compiler.is_compiling() and not _FORCE_COUNTER[0]
             and not torch._C._functorch.is_functorch_wrapped_tensor(k))
 
 
@@ -86,6 +94,10 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
         # The same arithmetic on Python ints: one tensor instead of ~20 tiny tensor ops,
         # which were a visible share of an eager step's host time.
         return torch.tensor(_fold_in(int(k), data), dtype=torch.int64)
+    if isinstance(data, int) and not torch.compiler.is_compiling():
+        # Eagerly a Python int stays a scalar operand: no tensor is made from host data (on a
+        # GPU that is a copy, which CUDA graph capture forbids). The same int64 arithmetic.
+        return _fold_in(k, data)
     data_t = torch.as_tensor(data, dtype=torch.int64, device=k.device) if not isinstance(
         data, torch.Tensor) else data.to(torch.int64)
     return _fold_in(k, data_t)
@@ -112,13 +124,36 @@ def uniform(k: torch.Tensor, shape: tuple[int, ...],
     """Float32 uniform numbers in (0, 1) on ``device`` (default: the key's device)."""
     device = torch.device(device) if device is not None else k.device
     if _use_counter():
-        # 23 bits: i + 0.5 (i < 2**23) is exact in float32, so u stays in (0, 1); with 24
-        # bits, i = 2**24 - 1 rounded to exactly 1.0 (Gumbel noise +inf).
-        return ((bits(k, shape, device) >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
+        if _FUSED[0] and not torch.compiler.is_compiling():
+            n = 1
+            for s in shape:
+                n *= s
+            return _fused_uniform_flat()(k.to(device), n).reshape(shape)
+        return _uniform_from_bits(bits(k, shape, device))
     gen = torch.Generator(device=device).manual_seed(int(k))
     u = torch.rand(shape, generator=gen, device=device, dtype=torch.float32)
     # torch.rand is in [0, 1); keep the (0, 1) contract of the counter backend.
     return u.clamp_min(2.0 ** -25)
+
+
+def _uniform_from_bits(b: torch.Tensor) -> torch.Tensor:
+    # 23 bits: i + 0.5 (i < 2**23) is exact in float32, so u stays in (0, 1); with 24 bits,
+    # i = 2**24 - 1 rounded to exactly 1.0 (Gumbel noise +inf).
+    return ((b >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
+
+
+def _uniform_flat(k: torch.Tensor, n: int) -> torch.Tensor:
+    return _uniform_from_bits(bits(k, (n,), k.device))
+
+
+_FUSED_FN: list = []
+
+
+def _fused_uniform_flat():
+    """``_uniform_flat`` compiled once, with a dynamic length (one kernel for every shape)."""
+    if not _FUSED_FN:
+        _FUSED_FN.append(torch.compile(_uniform_flat, fullgraph=True, dynamic=True))
+    return _FUSED_FN[0]
 
 
 def gumbel(k: torch.Tensor, shape: tuple[int, ...],

@@ -8,8 +8,9 @@ Without arguments on a CPU the run is budgeted to about 15 minutes of wall time:
 steps is measured and fitted to ``--time-budget`` and the learning-rate schedule is scaled to
 it; the step runs eagerly, in bf16 autocast where the CPU has native bf16. On a GPU the
 defaults are the paper's (batch 128, sequence 128, 1M steps, bf16 autocast), with the eager
-step; ``--compile`` compiles it as one graph, whose cold compile has taken over six minutes
-on an H200 (README, "Pre-training").
+step captured as one CUDA graph and replayed (``--no-cuda-graph`` runs it op by op);
+``--compile`` compiles it as one graph instead, whose cold compile has taken over six
+minutes on an H200 (README, "Pre-training").
 The held-out evaluations also score the discriminator on replacements drawn from two fixed
 distributions (uniform, and the training data's token frequencies). Writes into ``--out``:
 ``config.json``, ``metrics.jsonl``, ``eval.jsonl``, ``checkpoints/``, ``tokenizer/``,
@@ -34,7 +35,7 @@ import orjson
 import torch
 
 from electra_fn import checkpoint as ckpt
-from electra_fn import compiling, hf, model, pretrain
+from electra_fn import compiling, cuda_graph, hf, model, pretrain
 from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.data import pretrain_data as pdata
 from electra_fn.data import tokenizer as toklib
@@ -140,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the train step as one graph (opt-in: its first call "
                         "compiles for minutes; over six on an H200)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--cuda-graph", dest="cuda_graph", action="store_true", default=None,
+                   help="capture the eager step as one CUDA graph and replay it (default on "
+                        "CUDA unless --compile; seconds to capture, no compile)")
+    p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false")
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--save-every", type=parse_duration, default=parse_duration("10m"),
@@ -215,17 +220,45 @@ def resolve_amp(dtype: str, device: torch.device, recorded: str | None = None):
     return None
 
 
-def make_step_fn(cfg: PretrainConfig, device: torch.device, amp, use_compile: bool):
-    """The run's train step: its gradient route for the device and mode, compiled or not."""
+def make_step_fn(cfg: PretrainConfig, device: torch.device, amp, use_compile: bool,
+                 use_graph: bool = False, log=print):
+    """The run's train step: its gradient route for the device and mode; compiled, captured
+    as a CUDA graph (:mod:`electra_fn.cuda_graph`; if the capture fails, ``log`` says so and
+    the same step runs uncaptured, drawing the same noise) or eager."""
     step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type,
                                        grad_route=grad_route_for(device, use_compile))
-    return compiling.compile(step_fn) if use_compile else step_fn
+    if use_compile:
+        return compiling.compile(step_fn)
+    if use_graph:
+        def capture_failed(e: BaseException) -> None:
+            log(f"warning: the CUDA graph capture failed ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); the step runs "
+                "uncaptured (the same numbers, slower)")
+        return cuda_graph.graph_step(step_fn, device=device, on_capture_error=capture_failed)
+    return step_fn
+
+
+def step_mode(use_compile: bool, use_graph: bool) -> str:
+    return "compiled" if use_compile else "CUDA graph" if use_graph else "eager"
+
+
+def resolve_graph(flag: bool | None, use_compile: bool, device: torch.device) -> bool:
+    """``--cuda-graph``: on by default for an eager step on CUDA."""
+    if flag is None:
+        return device.type == "cuda" and not use_compile
+    if flag and device.type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device (the run is on {device})")
+    if flag and use_compile:
+        raise UserError("--cuda-graph and --compile: choose one (the compiled step is already "
+                        "one graph)")
+    return flag
 
 
 def step_key_for(seed: int, step: int, device: torch.device, compiled: bool) -> torch.Tensor:
     """The step's key where the step wants it: a compiled step hashes its counter-based noise
     on the device (no CPU ops in the graph); an eager step seeds the native generator from
-    the key's value, so it stays on the CPU (no device sync)."""
+    the key's value, so it stays on the CPU (no device sync), and a CUDA-graph step writes
+    its value into the graph's key buffer (a fill, no copy)."""
     key = pretrain.step_key(seed, step)
     return key.to(device, non_blocking=True) if compiled else key
 
@@ -387,6 +420,7 @@ def run(args: argparse.Namespace) -> int:
     on_gpu = device.type == "cuda"
     amp = resolve_amp(args.dtype, device)
     use_compile = bool(args.compile)
+    use_graph = resolve_graph(args.cuda_graph, use_compile, device)
     out = Path(args.out)
     ckpt_dir = out / "checkpoints"
     log = lambda msg: print(msg, flush=True)  # noqa: E731
@@ -417,8 +451,13 @@ def run(args: argparse.Namespace) -> int:
         # flags that define the run may be repeated on --resume, but must agree with it
         run = saved.get("run") or {}
         amp = resolve_amp(args.dtype, device, recorded=run.get("amp"))
-        if args.compile is None:  # keep the step it ran (compiled and eager draw other noise)
+        if args.compile is None and args.cuda_graph is None:
+            # keep the step it ran: the eager step draws other noise than the compiled and
+            # the CUDA-graph step
             use_compile = bool(run.get("compile", False))
+            use_graph = bool(run.get("cuda_graph", False)) and device.type == "cuda"
+        else:
+            use_graph = resolve_graph(args.cuda_graph, use_compile, device)
         for flag, field, have in (
                 ("preset", "preset", run.get("preset")),
                 ("seq_len", "seq_len", cfg.seq_len),
@@ -497,7 +536,8 @@ def run(args: argparse.Namespace) -> int:
             # lr, bias correction) is data in the optimizer state, so a compiled step compiles
             # once.
             total, fitted_fn = fit_steps_to_budget(provisional, data, device, amp, use_compile,
-                                                   budget, time.time() - t_start, log)
+                                                   budget, time.time() - t_start, log,
+                                                   use_graph=use_graph)
             if args.steps:
                 total = min(total, args.steps)
         warmup, bias_correction = schedule_defaults(total, args.warmup, args.bias_correction)
@@ -505,6 +545,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = provisional.replace(total_steps=total, warmup_steps=min(warmup, total))
         run_info = {"preset": preset, "corpus": [str(c) for c in corpus], "valid": valid_spec,
                     "device": str(device), "amp": str(amp), "compile": use_compile,
+                    "cuda_graph": use_graph,
                     "time_budget_s": budget, "torch": str(torch.__version__)}
         write_json(out / "config.json", {"pretrain": cfg.to_dict(), "run": run_info,
                                           "data": st})
@@ -524,20 +565,20 @@ def run(args: argparse.Namespace) -> int:
         f"{cfg.total_steps} steps, warmup {cfg.warmup_steps}, peak lr {cfg.learning_rate:.3g}"
         f"{', bias-corrected Adam' if cfg.adam_bias_correction else ''}; "
         f"device {device}, {dtype_text}, "
-        f"{'compiled' if use_compile else 'eager'}")
+        f"{step_mode(use_compile, use_graph)}")
     return train(cfg, run_info, data, tokenizer, out, device, amp, use_compile, state, args,
-                 t_start, log, step_fn=fitted_fn)
+                 t_start, log, step_fn=fitted_fn, use_graph=use_graph)
 
 
 def fit_steps_to_budget(cfg: PretrainConfig, data, device, amp, use_compile: bool,
-                        budget_s: float, spent_s: float, log):
+                        budget_s: float, spent_s: float, log, use_graph: bool = False):
     """Time a few real steps on a scratch copy and fit the step count to the time left.
 
     Returns (steps, the step function timed): the run reuses it (a compiled one is not
     compiled again) when its settings differ only in the schedule, which is data."""
     params = tree_map(lambda x: x.to(device), model.init_params(cfg.model, cfg.seed))
     opt = pretrain.init_opt_state(params, cfg)
-    step_fn = make_step_fn(cfg, device, amp, use_compile)
+    step_fn = make_step_fn(cfg, device, amp, use_compile, use_graph=use_graph, log=log)
     it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed)
     times = []
     for i in range(BUDGET_TIMED_STEPS + 1):  # the first call warms up (or compiles)
@@ -595,7 +636,7 @@ def refit_steps(step: int, step_s: float, budget_s: float, elapsed_s: float,
 
 def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, device, amp,
           use_compile: bool, state: dict | None, args, t_start: float, log,
-          step_fn=None) -> int:
+          step_fn=None, use_graph: bool = False) -> int:
     from tqdm import tqdm
 
     if state is None:
@@ -624,7 +665,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
     log(f"parameters: {n_params / 1e6:.2f}M (generator + discriminator + shared embeddings)")
 
     if step_fn is None:
-        step_fn = make_step_fn(cfg, device, amp, use_compile)
+        step_fn = make_step_fn(cfg, device, amp, use_compile, use_graph=use_graph, log=log)
     eval_fn = pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type,
                                       proposals=make_proposals(data, cfg.model.vocab_size))
     valid_batches = make_valid_batches(data, cfg.batch_size)

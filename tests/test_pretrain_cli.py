@@ -210,9 +210,9 @@ def test_resume_keeps_the_step_it_ran(tmp_path, cache, monkeypatch):
     asked = []
     real = pretrain_small.make_step_fn
 
-    def make_step_fn(cfg, device, amp, use_compile):
+    def make_step_fn(cfg, device, amp, use_compile, **kw):
         asked.append(use_compile)
-        return real(cfg, device, amp, False)  # the decision is under test, not the compile
+        return real(cfg, device, amp, False, **kw)  # the decision is under test, not the compile
 
     monkeypatch.setattr(pretrain_small, "make_step_fn", make_step_fn)
     for extra, want in (((), True), (("--no-compile",), False), (("--compile",), True)):
