@@ -10,7 +10,7 @@
 #   4. if at least COMPILE_MIN seconds are left: the cold compile of the full training step
 #      (benchmarks/compile_time.py, ELECTRA-Small, bf16, batch 128): its time, or "not
 #      finished after N s", and if it finishes the compiled step's ms/step.
-# Everything lands in $OUT (at most 8 files): card.txt session.log checks.json
+# STAGES (default checks,bench,pretrain,compile) picks stages. Everything lands in $OUT (at most 8 files): card.txt session.log checks.json
 # throughput.json throughput.md traces.tar.gz pretrain.tar.gz compile.json
 #
 #   OUT=/tmp/out bash benchmarks/device_session.sh                  # on the GPU machine
@@ -32,6 +32,7 @@ PRESET=${PRESET:-small}
 LAYERS=${LAYERS:-12}
 BATCH=${BATCH:-128}
 DTYPE=${DTYPE:-bf16}
+STAGES=${STAGES:-checks,bench,pretrain,compile}  # the stages to run, in this order
 CHECKS=${CHECKS:-graph,hf_parity}
 CHECKS_LIMIT=${CHECKS_LIMIT:-120}
 VARIANTS=${VARIANTS:-hf-eager,ours-autograd-eager,ours-autograd-graph}
@@ -51,6 +52,7 @@ export ELECTRA_FN_CACHE=${ELECTRA_FN_CACHE:-$PWD/.devdata/cache}
 export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor"
 say() { echo "$(date -u +%H:%M:%S) [+$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
 left() { echo $(( SESSION_S - ($(date +%s) - T0) )); }
+stage() { [[ ",$STAGES," == *",$1,"* ]]; }
 
 if compgen -G ".whl/*.whl" > /dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -73,14 +75,18 @@ status=0
 
 # -- 1. device checks ---------------------------------------------------------------------
 L=$(( CHECKS_LIMIT < $(left) ? CHECKS_LIMIT : $(left) ))
-say "== 1. checks $CHECKS (limit ${L}s)"
-timeout -k 10 "$L" "$PY" benchmarks/gpu_checks.py --device "$DEVICE" --preset "$PRESET" \
-    --checks "$CHECKS" --json "$OUT/checks.json" 2>&1 | tee -a "$LOG"
-rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { say "checks exit $rc"; status=1; }
+if stage checks; then
+    say "== 1. checks $CHECKS (limit ${L}s)"
+    timeout -k 10 "$L" "$PY" benchmarks/gpu_checks.py --device "$DEVICE" --preset "$PRESET" \
+        --checks "$CHECKS" --json "$OUT/checks.json" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { say "checks exit $rc"; status=1; }
+fi
 
 # -- 2. benchmark -----------------------------------------------------------------------------
 L=$(( $(left) - PRETRAIN_BUDGET - 40 ))
-if [ "$L" -ge 60 ]; then
+if ! stage bench; then
+    :
+elif [ "$L" -ge 60 ]; then
     say "== 2. benchmark $VARIANTS (limit ${L}s)"
     timeout -k 10 "$L" "$PY" benchmarks/throughput.py --device "$DEVICE" --preset "$PRESET" \
         --batch-size "$BATCH" --dtype "$DTYPE" --variants "$VARIANTS" --profile \
@@ -96,7 +102,9 @@ fi
 
 # -- 3. pre-training on the device (its defaults: CUDA graph, bf16) ---------------------------
 B=$(( $(left) - 30 < PRETRAIN_BUDGET ? $(left) - 30 : PRETRAIN_BUDGET ))
-if [ "$B" -ge 45 ]; then
+if ! stage pretrain; then
+    :
+elif [ "$B" -ge 45 ]; then
     say "== 3. pre-training, --time-budget ${B}s"
     PT_OUT="$WORK/pretrain"
     CORPUS_ARGS=()  # without .devdata, the built-in corpus
@@ -121,7 +129,9 @@ fi
 
 # -- 4. cold compile of the training step, if there is time for it ---------------------------
 L=$(( $(left) - 10 ))
-if [ "$L" -ge "$COMPILE_MIN" ]; then
+if ! stage compile; then
+    :
+elif [ "$L" -ge "$COMPILE_MIN" ]; then
     say "== 4. cold compile, $PRESET with $LAYERS layers, batch $BATCH, $DTYPE (limit ${L}s)"
     "$PY" benchmarks/compile_time.py --which library --preset "$PRESET" --layers "$LAYERS" \
         --batch-size "$BATCH" --device "$DEVICE" --dtype "$DTYPE" --timeout "$L" \

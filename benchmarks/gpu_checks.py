@@ -18,8 +18,9 @@ The test suite runs on CPU only; these are the checks that need the device itsel
    the same step run op by op (same counter-based noise; the embedding gradients are summed
    by atomic adds in the captured step, hence a tolerance) for three float32 steps, the
    third after the schedule was replaced as a budget re-fit does; the bf16 graphed step is
-   finite; and both steps are timed (ms/step, at ``--batch-size``). On a CPU the check runs
-   the ``replay`` stand-in.
+   finite; the compiled hash that draws the captured step's noise gives the op-by-op hash's
+   numbers on the device; and both steps are timed (ms/step, at ``--batch-size``). On a CPU
+   the check runs the ``replay`` stand-in.
 
 Each check prints one line (PASS/FAIL and its numbers); ``--json`` writes them all (orjson).
 The exit status is 1 if any check fails. The model is ELECTRA-Small with ``--layers`` layers
@@ -206,11 +207,22 @@ def check_graph(args, device) -> dict:
                                                               device), 2),
                   "graph_bf16_ms_per_step": round(_time_steps(bf16, pb, ob, batch, cfg,
                                                               device), 2)}
+    # The captured step's noise comes from the compiled hash (fused_rng): it must give the
+    # numbers of the op-by-op hash on this device too (both sides above used the compiled one).
+    k = pretrain.step_key(cfg.seed, 9).to(device)
+    fused_same = True
+    for shape in ((7,), (cfg.batch_size, cfg.seq_len), (cfg.batch_size, 19, cfg.model.vocab_size)):
+        with rnglib.counter_based():
+            want = rnglib.uniform(k, shape)
+        with rnglib.counter_based(fused=True):
+            got = rnglib.uniform(k, shape)
+        fused_same = fused_same and torch.equal(got, want)
     ok = (loss_diff <= args.atol and param_diff <= args.atol and lr_ok and bf16_finite
-          and graphed.captures == 1 and graphed.capture_error is None)
+          and graphed.captures == 1 and graphed.capture_error is None and fused_same)
     return {"pass": ok, "backend": backend, "loss_max_abs_diff": loss_diff,
             "param_max_abs_diff": param_diff, "tolerance": args.atol, "lr_ok": lr_ok,
             "bf16_finite": bf16_finite, "captures": graphed.captures,
+            "fused_noise_equals_op_by_op": fused_same,
             "first_call_s": round(first_call_s, 2), **timing}
 
 

@@ -50,6 +50,21 @@ def inductor_options(mode: str | None = None, dynamic: bool | None = None) -> di
     return options
 
 
+# Why compiled training steps are refused on CUDA (checked by the experiments' CLIs).
+CUDA_REFUSED = (
+    "the compiled training step is refused on CUDA: on an NVIDIA H200 (torch 2.11) it "
+    "disagreed with the eager step, loss off by 5.8e7 after two float32 steps (benchmarks/"
+    "results/h200-2026-11-27c/checks-compiled.json; the same check passes on the CPU), so its "
+    "numbers cannot be trusted there until that is found. On a GPU the default step, the eager "
+    "step captured as a CUDA graph, is checked against the eager step and needs no compile")
+
+
+def check_device(device: torch.device | str) -> None:
+    """Raise ``ValueError`` (:data:`CUDA_REFUSED`) for a compiled training step on CUDA."""
+    if torch.device(device).type == "cuda":
+        raise ValueError(CUDA_REFUSED)
+
+
 def compile(fn: Callable, *, mode: str | None = None, fullgraph: bool = True,
             dynamic: bool | None = None, backend: str = "inductor") -> Callable:
     """``torch.compile`` with this library's Inductor options (see the module docstring).

@@ -46,6 +46,12 @@ def capturing() -> bool:
     capturing): the step must not read device values on the host."""
     if _CAPTURING[0]:
         return True
+    if torch.compiler.is_compiling():  # a compiled step is one graph already (and dynamo
+        return False                    # cannot trace the stream query)
+    return _cuda_stream_capturing()
+
+
+def _cuda_stream_capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 

@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     amp = resolve_amp(args.dtype, device)
     dtype_text = "bf16 autocast" if amp else "float32"
 
+    from electra_fn import compiling
     from electra_fn import finetune as FT
     from electra_fn.config import FinetuneConfig
     from electra_fn.data.glue import get_task, load_task, task_dir
@@ -171,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     mode = (FT.default_compile_mode(args.device) if args.compile == "auto" else args.compile)
     mode = "eager" if args.no_compile else mode
+    if mode != "eager":
+        try:
+            compiling.check_device(args.device)
+        except ValueError as e:
+            print(f"error: --compile {mode}: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"

@@ -420,6 +420,11 @@ def run(args: argparse.Namespace) -> int:
     on_gpu = device.type == "cuda"
     amp = resolve_amp(args.dtype, device)
     use_compile = bool(args.compile)
+    if use_compile:
+        try:
+            compiling.check_device(device)
+        except ValueError as e:
+            raise UserError(f"--compile: {e}")
     use_graph = resolve_graph(args.cuda_graph, use_compile, device)
     out = Path(args.out)
     ckpt_dir = out / "checkpoints"

@@ -205,3 +205,18 @@ def test_a_failed_capture_falls_back_to_the_same_step():
         strict = cuda_graph.graph_step(step, backend="replay")
         strict._capture = graphed._capture
         strict(_clone(params), _clone(opt), _batch(0), pretrain.step_key(0, 0))
+
+
+def test_compiled_step_does_not_query_cuda_capture(monkeypatch):
+    """On a CUDA machine ``capturing()`` asks the CUDA stream, which dynamo cannot trace (a
+    fullgraph compile of the step failed on an H200 that way): a compiled step must not reach
+    that query. Simulated on the CPU by making the query fail."""
+    def untraceable():
+        raise AssertionError("torch.cuda.is_current_stream_capturing() reached while compiling")
+
+    monkeypatch.setattr(cuda_graph, "_cuda_stream_capturing", untraceable)
+    step = torch.compile(pretrain.make_train_step(CFG), fullgraph=True, backend="eager")
+    params = model.init_params(CFG.model, 0)
+    opt = pretrain.init_opt_state(params, CFG)
+    _, _, m = step(params, opt, _batch(0), pretrain.step_key(0, 0))
+    assert torch.isfinite(m["loss"])

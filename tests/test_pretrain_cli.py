@@ -328,6 +328,33 @@ def test_zero_workers_is_refused(tmp_path):
     assert r.returncode == 2 and "--num-proc 0: must be at least 1" in r.stderr
 
 
+def test_cuda_graph_needs_cuda(tmp_path):
+    r = _main_in_process(_args(tmp_path / "run", tmp_path / "cache", "--cuda-graph",
+                               "--device", "cpu"))
+    assert r.returncode == 2 and "--cuda-graph needs a CUDA device" in r.stderr, r.stderr
+
+
+def test_step_mode_resolution():
+    """The CUDA-graph step is the default for an eager step on CUDA; --compile or another
+    device turn it off; asking for it where it cannot run is an error that says why. A
+    compiled step is refused on CUDA with the measured reason."""
+    from electra_fn import compiling
+    from experiments.pretrain_small import UserError, resolve_graph
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_graph(None, False, cuda) is True
+    assert resolve_graph(None, True, cuda) is False
+    assert resolve_graph(None, False, cpu) is False
+    assert resolve_graph(False, False, cuda) is False
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        resolve_graph(True, False, cpu)
+    with pytest.raises(UserError, match="choose one"):
+        resolve_graph(True, True, cuda)
+    with pytest.raises(ValueError, match="refused on CUDA"):
+        compiling.check_device("cuda:0")
+    compiling.check_device("cpu")
+
+
 def test_missing_corpus(bad_runs):
     err, ctx = _bad(bad_runs, "missing")
     assert str(ctx["path"]) in err
