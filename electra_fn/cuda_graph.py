@@ -94,30 +94,27 @@ class GraphedStep:
         self.replays = 0
         self.capture_error: str | None = None
         self._static: list | None = None
+        self._metrics: dict | None = None  # the graph's metric outputs (static tensors)
 
     # -- capture ---------------------------------------------------------------------------
-    def _capture(self, leaves: list, spec, n_state: int) -> None:
+    def _capture(self, leaves: list, spec, state_spec) -> None:
         dev = self.device or next(x.device for x in leaves if isinstance(x, torch.Tensor))
         static = [x.detach().to(dev).clone() if isinstance(x, torch.Tensor) else x
                   for x in leaves]
-
-        def run():
-            params, opt_state, batch, key = tree_unflatten(static, spec)
-            return self.step_fn(params, opt_state, batch, key)
+        n_state = state_spec.num_leaves  # params and opt_state lead the flattened inputs
 
         def capture_body():
-            new_params, new_state, metrics = run()
+            params, opt_state, batch, key = tree_unflatten(static, spec)
+            new_params, new_state, metrics = self.step_fn(params, opt_state, batch, key)
             out, out_spec = tree_flatten((new_params, new_state))
-            in_spec = tree_flatten(tuple(tree_unflatten(static, spec)[:2]))[1]
-            if out_spec != in_spec:
+            if out_spec != state_spec:
                 raise ValueError("graph_step: the step returned params/opt_state with another "
                                  "tree structure than it was given")
             # Write the new state into the static inputs, as part of the graph (in stream
             # order, after everything that read them).
-            dst = [s for s, o in zip(static[:n_state], out) if o is not s]
-            src = [o for s, o in zip(static[:n_state], out) if o is not s]
-            if dst:
-                torch._foreach_copy_(dst, src)
+            pairs = [(s, o) for s, o in zip(static[:n_state], out) if o is not s]
+            if pairs:
+                torch._foreach_copy_([s for s, _ in pairs], [o for _, o in pairs])
             return metrics
 
         with _capture_mode(self.fused_rng):
@@ -126,25 +123,20 @@ class GraphedStep:
                 side.wait_stream(torch.cuda.current_stream(dev))
                 with torch.cuda.stream(side):
                     for _ in range(self.warmup):  # the step is pure: warm-up changes nothing
-                        run()
+                        params, opt_state, batch, key = tree_unflatten(static, spec)
+                        self.step_fn(params, opt_state, batch, key)
                 torch.cuda.current_stream(dev).wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    metrics = capture_body()
-                self._replay = graph.replay
+                    self._metrics = capture_body()
                 self._graph = graph
+                self._replay = graph.replay
             else:
-                metrics = None
-
                 def replay():
-                    nonlocal metrics
                     with _capture_mode(self.fused_rng):
-                        metrics = capture_body()
+                        self._metrics = capture_body()
                 self._replay = replay
-                self._metrics_ref = lambda: metrics
-        if self.backend == "cuda":
-            self._metrics_ref = lambda m=metrics: m
-        self._static, self._spec, self._n_state = static, spec, n_state
+        self._static, self._spec = static, spec
         self._signature = _signature(leaves, spec)
         self.captures += 1
 
@@ -154,10 +146,9 @@ class GraphedStep:
             with _capture_mode(self.fused_rng):
                 return self.step_fn(params, opt_state, batch, key)
         leaves, spec = tree_flatten((params, opt_state, batch, key))
-        n_state = len(tree_flatten((params, opt_state))[0])
         if self._static is None:
             try:
-                self._capture(leaves, spec, n_state)
+                self._capture(leaves, spec, tree_flatten((params, opt_state))[1])
             except Exception as e:
                 if self.on_capture_error is None:
                     raise
@@ -169,30 +160,27 @@ class GraphedStep:
                         torch.cuda.synchronize()
                 self.on_capture_error(e)
                 return self(params, opt_state, batch, key)
-            first = True
-        else:
-            if _signature(leaves, spec) != self._signature:
-                raise ValueError(
-                    "graph_step: the inputs' tree structure, shapes or dtypes differ from "
-                    "those the graph was captured with; make a new graph_step for them")
-            first = False
-        static = self._static
-        if not first or self.backend == "cuda":
-            dst, src = [], []
-            for s, x in zip(static, leaves):
-                if not isinstance(x, torch.Tensor) or x is s:
-                    continue
-                if x.dim() == 0 and x.device.type == "cpu" and s.device.type != "cpu":
-                    s.fill_(x.item())  # a host scalar (the step's key): no copy, no wait
-                else:
-                    dst.append(s)
-                    src.append(x)
-            if dst:
-                torch._foreach_copy_(dst, src)
+        elif _signature(leaves, spec) != self._signature:
+            raise ValueError(
+                "graph_step: the inputs' tree structure, shapes or dtypes differ from those "
+                "the graph was captured with; make a new graph_step for them")
+        # Copy in what is not already the static buffer (the first call copies its own
+        # values once more, harmless).
+        dst, src = [], []
+        for s, x in zip(self._static, leaves):
+            if not isinstance(x, torch.Tensor) or x is s:
+                continue
+            if x.dim() == 0 and x.device.type == "cpu" and s.device.type != "cpu":
+                s.fill_(x.item())  # a host scalar (the step's key): no copy, no wait
+            else:
+                dst.append(s)
+                src.append(x)
+        if dst:
+            torch._foreach_copy_(dst, src)
         self._replay()
         self.replays += 1
-        params, opt_state = tree_unflatten(static, self._spec)[:2]
-        metrics = {k: v.clone() for k, v in self._metrics_ref().items()}
+        params, opt_state = tree_unflatten(self._static, self._spec)[:2]
+        metrics = {k: v.clone() for k, v in self._metrics.items()}
         return params, opt_state, metrics
 
 

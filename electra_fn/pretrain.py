@@ -49,13 +49,19 @@ def schedule_state(cfg: PretrainConfig, device: torch.device | str | None = None
             "bias_correction": t(1.0 if cfg.adam_bias_correction else 0.0)}
 
 
+def _traced() -> bool:
+    """Compiling or capturing a CUDA graph: the step must not read device values on the host
+    (branch on them with ``where`` instead)."""
+    return torch.compiler.is_compiling() or cuda_graph.capturing()
+
+
 def _bias_correction_step(flag: torch.Tensor, step: torch.Tensor) -> torch.Tensor | None:
     """Adam's bias-correction step t (``step + 1``) where ``flag`` is set, else none.
 
     As data (compiled, or on a device where reading the flag would wait for it): t = inf when
     unset, where 1 - b^t is exactly 1 and the corrected update equals the original's bit for
     bit. Eagerly on the CPU the flag is read and the uncorrected step skips the correction."""
-    if torch.compiler.is_compiling() or flag.device.type != "cpu" or cuda_graph.capturing():
+    if _traced() or flag.device.type != "cpu":
         return torch.where(flag > 0, (step + 1).to(torch.float32), float("inf"))
     return step + 1 if bool(flag > 0) else None
 
@@ -282,7 +288,7 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
             decay_mask=decay_mask,
             bias_correction_step=bc_step)
         finite = torch.isfinite(loss) & torch.isfinite(gnorm)
-        if torch.compiler.is_compiling() or cuda_graph.capturing():
+        if _traced():
             # Compiled: fused into the update's kernels. Captured as a CUDA graph: no host read.
             new_params = _where_tree(finite, new_params, params)
             new_adam = _where_tree(finite, new_adam, opt_state["adam"])

@@ -20,6 +20,7 @@ different streams. Tests that compare the two enter ``counter_based()`` for the 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -106,9 +107,7 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
 def bits(k: torch.Tensor, shape: tuple[int, ...],
          device: torch.device | str | None = None) -> torch.Tensor:
     """Uniform 32-bit integers (held in int64) of the given shape (counter-based)."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     # The counter is only ever added to the key (a tensor): Inductor turns arithmetic on a bare
     # arange into an index expression, and Triton evaluates those in int32 for tensors under
     # 2**31 elements, so `arange * constant` overflowed there ("Scalar 2654435769 is out of
@@ -125,10 +124,7 @@ def uniform(k: torch.Tensor, shape: tuple[int, ...],
     device = torch.device(device) if device is not None else k.device
     if _use_counter():
         if _FUSED[0] and not torch.compiler.is_compiling():
-            n = 1
-            for s in shape:
-                n *= s
-            return _fused_uniform_flat()(k.to(device), n).reshape(shape)
+            return _fused_uniform_flat()(k.to(device), math.prod(shape)).reshape(shape)
         return _uniform_from_bits(bits(k, shape, device))
     gen = torch.Generator(device=device).manual_seed(int(k))
     u = torch.rand(shape, generator=gen, device=device, dtype=torch.float32)

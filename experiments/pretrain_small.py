@@ -183,12 +183,6 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def grad_route_for(device: torch.device, compiled: bool) -> str:
-    """The run's gradient route: :func:`electra_fn.pretrain.grad_route_for` (the same on every
-    device)."""
-    return pretrain.grad_route_for(compiled)
-
-
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16 on x86, BF16 on
     Arm): there bf16 autocast runs a step ~1.6x faster than float32; elsewhere it would be
@@ -226,7 +220,7 @@ def make_step_fn(cfg: PretrainConfig, device: torch.device, amp, use_compile: bo
     as a CUDA graph (:mod:`electra_fn.cuda_graph`; if the capture fails, ``log`` says so and
     the same step runs uncaptured, drawing the same noise) or eager."""
     step_fn = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type,
-                                       grad_route=grad_route_for(device, use_compile))
+                                       grad_route=pretrain.grad_route_for(use_compile))
     if use_compile:
         return compiling.compile(step_fn)
     if use_graph:
@@ -461,8 +455,6 @@ def run(args: argparse.Namespace) -> int:
             # the CUDA-graph step
             use_compile = bool(run.get("compile", False))
             use_graph = bool(run.get("cuda_graph", False)) and device.type == "cuda"
-        else:
-            use_graph = resolve_graph(args.cuda_graph, use_compile, device)
         for flag, field, have in (
                 ("preset", "preset", run.get("preset")),
                 ("seq_len", "seq_len", cfg.seq_len),

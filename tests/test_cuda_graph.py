@@ -57,14 +57,19 @@ def _clone(tree):
     return tree_map(lambda x: x.clone(), tree)
 
 
+def _setup(seed: int = 0, **graph_kw):
+    """(plain step, params, opt_state, the step wrapped with the replay backend)."""
+    step = pretrain.make_train_step(CFG, grad_route="autograd")
+    params = model.init_params(CFG.model, seed)
+    opt = pretrain.init_opt_state(params, CFG)
+    return step, params, opt, cuda_graph.graph_step(step, backend="replay", **graph_kw)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_replayed_step_equals_the_plain_step(seed):
     """Five steps through the wrapper (fresh batches and keys, a schedule replaced mid-run as a
     budget re-fit does, fresh params copied in) == the plain step, bit for bit."""
-    step = pretrain.make_train_step(CFG, grad_route="autograd")
-    params = model.init_params(CFG.model, seed)
-    opt = pretrain.init_opt_state(params, CFG)
-    graphed = cuda_graph.graph_step(step, backend="replay")
+    step, params, opt, graphed = _setup(seed)
     p_ref, o_ref = _clone(params), _clone(opt)
     p_g, o_g = _clone(params), _clone(opt)
     outs = []
@@ -97,10 +102,7 @@ def test_replayed_step_equals_the_plain_step(seed):
 
 
 def test_non_finite_step_is_skipped_without_a_host_read():
-    step = pretrain.make_train_step(CFG, grad_route="autograd")
-    params = model.init_params(CFG.model, 0)
-    opt = pretrain.init_opt_state(params, CFG)
-    graphed = cuda_graph.graph_step(step, backend="replay")
+    _, params, opt, graphed = _setup()
     params, opt, m = graphed(params, opt, _batch(0), pretrain.step_key(0, 0))
     assert float(m["skipped"]) == 0.0
     bad = _clone(params)
@@ -114,10 +116,7 @@ def test_non_finite_step_is_skipped_without_a_host_read():
 
 
 def test_changed_inputs_are_refused():
-    step = pretrain.make_train_step(CFG, grad_route="autograd")
-    params = model.init_params(CFG.model, 0)
-    opt = pretrain.init_opt_state(params, CFG)
-    graphed = cuda_graph.graph_step(step, backend="replay")
+    _, params, opt, graphed = _setup()
     params, opt, _ = graphed(params, opt, _batch(0), pretrain.step_key(0, 0))
     short = {k: v[:, :16] for k, v in _batch(1).items()}
     with pytest.raises(ValueError, match="shapes or dtypes differ"):
@@ -190,11 +189,8 @@ def test_fused_counter_noise_is_the_counter_noise():
 def test_a_failed_capture_falls_back_to_the_same_step():
     """With on_capture_error, a capture that fails is reported once and the step runs
     uncaptured in capture mode: the same numbers as a capture would give."""
-    step = pretrain.make_train_step(CFG, grad_route="autograd")
     errors = []
-    graphed = cuda_graph.graph_step(step, backend="replay", on_capture_error=errors.append)
-    params = model.init_params(CFG.model, 0)
-    opt = pretrain.init_opt_state(params, CFG)
+    step, params, opt, graphed = _setup(on_capture_error=errors.append)
     graphed._capture = lambda *a: (_ for _ in ()).throw(RuntimeError("capture failed"))
     p1, o1, m1 = graphed(_clone(params), _clone(opt), _batch(0), pretrain.step_key(0, 0))
     assert len(errors) == 1 and "capture failed" in graphed.capture_error
