@@ -41,6 +41,9 @@ class ModelConfig:
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int = PAD_ID
+    # "full" (ELECTRA) or "self": a diagnostic control whose discriminator attends only to
+    # each token itself, so it sees no context (electra_fn.diagnostics).
+    disc_context: str = "full"
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -62,6 +65,8 @@ class ModelConfig:
                  "must be > 0")
         _require(0 <= self.pad_token_id < self.vocab_size, c, "pad_token_id", self.pad_token_id,
                  f"must be in [0, vocab_size={self.vocab_size})")
+        _require(self.disc_context in ("full", "self"), c, "disc_context", self.disc_context,
+                 "must be 'full' or 'self'")
         g = self.generator
         _require(g.hidden_size >= 1 and g.hidden_size % g.num_heads == 0, c,
                  "generator_multiplier", self.generator_multiplier,
@@ -158,6 +163,13 @@ class PretrainConfig:
     clip_norm: float = 1.0
     mask_prob: float = 0.15
     disc_weight: float = 50.0
+    gen_weight: float = 1.0
+    # Share of the masked slots refilled from a fixed proposal (e.g. unigram) instead of the
+    # generator: not in the original (0); pretrain.replaced_batch.
+    mix_fraction: float = 0.0
+    # Steps before the generator's loss counts: the discriminator first trains against the
+    # untrained generator (not in the original, 0).
+    gen_delay_steps: int = 0
     temperature: float = 1.0
     seed: int = 0
 
@@ -179,6 +191,11 @@ class PretrainConfig:
         _require(self.clip_norm > 0, c, "clip_norm", self.clip_norm, "must be > 0")
         _require(0 < self.mask_prob < 1, c, "mask_prob", self.mask_prob, "must be in (0, 1)")
         _require(self.disc_weight >= 0, c, "disc_weight", self.disc_weight, "must be >= 0")
+        _require(self.gen_weight >= 0, c, "gen_weight", self.gen_weight, "must be >= 0")
+        _require(0 <= self.mix_fraction <= 1, c, "mix_fraction", self.mix_fraction,
+                 "must be in [0, 1]")
+        _require(isinstance(self.gen_delay_steps, int) and self.gen_delay_steps >= 0, c,
+                 "gen_delay_steps", self.gen_delay_steps, "must be a non-negative integer")
         _require(self.temperature > 0, c, "temperature", self.temperature, "must be > 0")
 
     @property

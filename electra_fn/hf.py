@@ -375,6 +375,9 @@ def save_hf(params: Params, cfg: ModelConfig, out_dir: str | os.PathLike,
     """
     from safetensors.torch import save_file
 
+    if cfg.disc_context != "full":
+        raise ValueError(f"save_hf: disc_context={cfg.disc_context!r} has no transformers "
+                         "equivalent (only 'full' can be exported)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     parts = parts or tuple(p for p in (DISCRIMINATOR, GENERATOR) if p in params)

@@ -118,6 +118,14 @@ def attention_bias(attention_mask_BxL: torch.Tensor | None, like: torch.Tensor) 
     return torch.where(keep, 0.0, neg).to(torch.float32)
 
 
+def self_only_bias(bias_Bx1x1xL: torch.Tensor) -> torch.Tensor:
+    """[B,1,L,L] additive mask that lets each token attend to itself only."""
+    n = bias_Bx1x1xL.shape[-1]
+    eye_LxL = torch.eye(n, dtype=torch.bool, device=bias_Bx1x1xL.device)
+    off = torch.full((), torch.finfo(torch.float32).min, device=bias_Bx1x1xL.device)
+    return torch.where(eye_LxL, bias_Bx1x1xL.expand(-1, -1, n, -1), off)
+
+
 def encoder(p: Params, emb_BxLxE: torch.Tensor, bias_Bx1x1xL: torch.Tensor, enc: EncoderConfig,
             cfg: ModelConfig, key: torch.Tensor | None = None) -> torch.Tensor:
     """Projection (if any) and the post-LN transformer stack -> [B, L, H]."""
@@ -170,10 +178,13 @@ def generator_logits(params: Params, input_ids_BxL, token_type_ids_BxL, attentio
 
 def discriminator_hidden(params: Params, input_ids_BxL, token_type_ids_BxL, attention_mask_BxL,
                          cfg: ModelConfig, key: torch.Tensor | None = None) -> torch.Tensor:
-    """Discriminator encoder states [B, L, H]."""
+    """Discriminator encoder states [B, L, H] (``cfg.disc_context="self"``: each token
+    attends only to itself, the no-context control)."""
     k_emb, k_enc = _keys(key)
     emb = embed(params["embeddings"], input_ids_BxL, token_type_ids_BxL, cfg, k_emb)
     bias = attention_bias(attention_mask_BxL, input_ids_BxL)
+    if cfg.disc_context == "self":
+        bias = self_only_bias(bias)
     return encoder(params["discriminator"], emb, bias, cfg.discriminator, cfg, k_enc)
 
 
@@ -182,8 +193,13 @@ def discriminator_logits(params: Params, input_ids_BxL, token_type_ids_BxL, atte
     """Replaced-token-detection logits [B, L] (positive = replaced)."""
     h = discriminator_hidden(params, input_ids_BxL, token_type_ids_BxL, attention_mask_BxL, cfg,
                              key)
+    return discriminator_head(params, h)
+
+
+def discriminator_head(params: Params, hidden_BxLxH: torch.Tensor) -> torch.Tensor:
+    """Replaced-token-detection logits [B, L] from the discriminator's states."""
     head = params["discriminator"]["head"]
-    return L.dense(head["out"], F.gelu(L.dense(head["dense"], h)))[..., 0]
+    return L.dense(head["out"], F.gelu(L.dense(head["dense"], hidden_BxLxH)))[..., 0]
 
 
 def classifier_logits(ft_params: Params, input_ids_BxL, token_type_ids_BxL, attention_mask_BxL,

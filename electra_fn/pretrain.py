@@ -25,7 +25,7 @@ from .tree import memo_by_structure, tree_flatten, tree_leaves, tree_map, tree_u
 Params = dict
 Batch = dict
 # Purposes folded into a step's key.
-_K_MASK_POS, _K_MASK_KEEP, _K_GEN, _K_GUMBEL, _K_DISC, _K_PROPOSAL = range(6)
+_K_MASK_POS, _K_MASK_KEEP, _K_GEN, _K_GUMBEL, _K_DISC, _K_PROPOSAL, _K_MIX = range(7)
 
 
 def step_key(seed: int, step: int | torch.Tensor) -> torch.Tensor:
@@ -84,33 +84,70 @@ def _autocast(cfg_dtype: torch.dtype | None, device_type: str):
     return torch.autocast(device_type, dtype=cfg_dtype)
 
 
-def electra_forward(params: Params, batch: Batch, key: torch.Tensor, cfg: PretrainConfig,
-                    train: bool = True) -> tuple[torch.Tensor, dict]:
-    """Mask, run the generator, sample, run the discriminator; return (loss, metrics).
+def replaced_batch(params: Params, batch: Batch, key: torch.Tensor, cfg: PretrainConfig,
+                   train: bool = True, mix_logits_V: torch.Tensor | None = None) -> dict:
+    """Mask, run the generator and sample its replacements: the discriminator's input.
 
-    ``train=False`` turns dropout off (the masking and sampling noise still come from ``key``).
-    """
+    Returns the masking (``masked_ids_BxL``, ``positions_BxP``, ``labels_BxP``,
+    ``weights_BxP``), the generator's ``gen_logits_BxPxV`` and ``sampled_BxP``, and
+    :func:`sampling.replace_tokens`' ``disc_ids_BxL`` and ``is_replaced_BxL``. In training
+    with ``cfg.mix_fraction > 0`` that share of the slots (at random) takes a draw from the
+    fixed proposal ``mix_logits_V`` [V] instead of the generator's sample; evaluation
+    (``train=False``) always scores the generator's own samples."""
     mcfg = cfg.model
-    types_BxL = batch.get("token_type_ids")
-    mask_BxL = batch["attention_mask"]
     dev = batch["input_ids"].device
     mb = _mask(batch, key, cfg)
     gen_key = rnglib.fold_in(key, _K_GEN) if train else None
-    gen_logits_BxPxV = model.generator_logits(params, mb["masked_ids_BxL"], types_BxL, mask_BxL,
-                                              mcfg, positions_BxP=mb["positions_BxP"],
-                                              key=gen_key)
-    mlm, gen_acc = losses.mlm_loss(gen_logits_BxPxV, mb["labels_BxP"], mb["weights_BxP"])
+    gen_logits_BxPxV = model.generator_logits(params, mb["masked_ids_BxL"],
+                                              batch.get("token_type_ids"),
+                                              batch["attention_mask"], mcfg,
+                                              positions_BxP=mb["positions_BxP"], key=gen_key)
     # Sampling in float32 with no gradient into the generator (pretrain_helpers.sample_from_softmax).
     gumbel_BxPxV = rnglib.gumbel(rnglib.fold_in(key, _K_GUMBEL), tuple(gen_logits_BxPxV.shape),
                                  dev)
     sampled_BxP = sampling.gumbel_sample(gen_logits_BxPxV, gumbel_BxPxV, cfg.temperature)
+    if train and cfg.mix_fraction > 0:
+        if mix_logits_V is None:
+            raise ValueError(f"mix_fraction={cfg.mix_fraction} needs mix_logits_V (a fixed "
+                             "proposal, see proposal_logits)")
+        shape = tuple(sampled_BxP.shape)
+        u_BxP = rnglib.uniform(rnglib.fold_in(key, _K_PROPOSAL), shape, dev)
+        use_BxP = rnglib.uniform(rnglib.fold_in(key, _K_MIX), shape, dev) < cfg.mix_fraction
+        sampled_BxP = torch.where(use_BxP, proposal_sample(mix_logits_V, u_BxP), sampled_BxP)
     fake = sampling.replace_tokens(mb["masked_ids_BxL"], mb["positions_BxP"], sampled_BxP,
                                    mb["labels_BxP"], mb["weights_BxP"])
+    return {**mb, **fake, "gen_logits_BxPxV": gen_logits_BxPxV, "sampled_BxP": sampled_BxP}
+
+
+def proposal_sample(logits_V: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Token ids ~ softmax(``logits_V``) by inverse CDF, one per uniform in ``u`` (any
+    shape): one uniform a draw instead of a [..., V] Gumbel tensor, as the proposal is the
+    same for every slot. Zero-probability tokens have empty intervals and never come up."""
+    cdf_V = torch.cumsum(torch.softmax(logits_V.to(u.device, torch.float64), 0), 0)
+    ids = torch.searchsorted(cdf_V, (u.to(torch.float64) * cdf_V[-1]).contiguous(), right=True)
+    return ids.clamp_max(cdf_V.shape[0] - 1)
+
+
+def electra_forward(params: Params, batch: Batch, key: torch.Tensor, cfg: PretrainConfig,
+                    train: bool = True, mix_logits_V: torch.Tensor | None = None,
+                    gen_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Mask, run the generator, sample, run the discriminator; return (loss, metrics).
+
+    ``train=False`` turns dropout off (the masking and sampling noise still come from ``key``).
+    ``mix_logits_V``: the fixed proposal of ``cfg.mix_fraction`` (:func:`replaced_batch`);
+    ``gen_scale`` (a 0-d tensor) multiplies the generator's loss weight (``gen_delay_steps``).
+    """
+    types_BxL = batch.get("token_type_ids")
+    mask_BxL = batch["attention_mask"]
+    fake = replaced_batch(params, batch, key, cfg, train, mix_logits_V)
+    mlm, gen_acc = losses.mlm_loss(fake["gen_logits_BxPxV"], fake["labels_BxP"],
+                                   fake["weights_BxP"])
     disc_key = rnglib.fold_in(key, _K_DISC) if train else None
     disc_logits_BxL = model.discriminator_logits(params, fake["disc_ids_BxL"], types_BxL,
-                                                 mask_BxL, mcfg, key=disc_key)
+                                                 mask_BxL, cfg.model, key=disc_key)
     rtd = losses.rtd_loss(disc_logits_BxL, fake["is_replaced_BxL"], mask_BxL)
-    loss = losses.electra_loss(mlm, rtd["loss"], cfg.disc_weight)
+    gen_weight = cfg.gen_weight if gen_scale is None else cfg.gen_weight * gen_scale
+    loss = losses.electra_loss(mlm, rtd["loss"], cfg.disc_weight, gen_weight)
     n_real = mask_BxL.to(torch.float32).sum()
     metrics = {
         "loss": loss.detach(),
@@ -121,7 +158,7 @@ def electra_forward(params: Params, batch: Batch, key: torch.Tensor, cfg: Pretra
         "disc_replaced_accuracy": rtd["replaced_accuracy"].detach(),
         "disc_original_accuracy": rtd["original_accuracy"].detach(),
         "replaced_fraction": (fake["is_replaced_BxL"].to(torch.float32).sum() / n_real).detach(),
-        "masked_tokens": mb["weights_BxP"].sum().detach(),
+        "masked_tokens": fake["weights_BxP"].sum().detach(),
         "tokens": n_real.detach(),
     }
     if not train:
@@ -172,12 +209,8 @@ def fixed_proposal_batch(batch: Batch, key: torch.Tensor, cfg: PretrainConfig,
     ids_BxL = batch["input_ids"]
     mb = _mask(batch, key, cfg)
     B, P = mb["positions_BxP"].shape
-    # Inverse-CDF draws (one uniform per slot, not a [B, P, V] Gumbel tensor): the proposal is
-    # the same for every slot. Zero-probability tokens have empty intervals and never come up.
-    cdf_V = torch.cumsum(torch.softmax(logits_V.to(ids_BxL.device, torch.float64), 0), 0)
     u_BxP = rnglib.uniform(rnglib.fold_in(key, _K_PROPOSAL), (B, P), ids_BxL.device)
-    sampled_BxP = torch.searchsorted(cdf_V, u_BxP.to(torch.float64) * cdf_V[-1], right=True)
-    sampled_BxP = sampled_BxP.clamp_max(cdf_V.shape[0] - 1)
+    sampled_BxP = proposal_sample(logits_V, u_BxP)
     fake = sampling.replace_tokens(mb["masked_ids_BxL"], mb["positions_BxP"], sampled_BxP,
                                    mb["labels_BxP"], mb["weights_BxP"])
     return {**fake, "positions_BxP": mb["positions_BxP"], "weights_BxP": mb["weights_BxP"]}
@@ -249,18 +282,24 @@ def grad_fn(loss_fn: Callable, grad_route: str = "func") -> Callable:
 
 
 def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None,
-                    device_type: str = "cpu", grad_route: str = "func") -> Callable:
+                    device_type: str = "cpu", grad_route: str = "func",
+                    mix_logits_V: torch.Tensor | None = None) -> Callable:
     """Build the pure ``train_step`` for ``cfg`` (compile it with ``torch.compile``).
 
     ``amp_dtype=torch.bfloat16`` runs the networks under autocast with float32 master weights,
     float32 losses and float32 sampling. ``grad_route`` is ``"func"`` (torch.func.grad_and_value,
     the default: it compiles as one graph) or ``"autograd"`` (torch.autograd.grad over leaves).
     A non-finite loss or gradient skips the update (params and moments unchanged) and reports
-    ``metrics["skipped"] = 1``.
+    ``metrics["skipped"] = 1``. ``mix_logits_V`` is the fixed proposal that
+    ``cfg.mix_fraction > 0`` draws from (:func:`replaced_batch`).
     """
-    def loss_fn(params, batch, key):
+    if cfg.mix_fraction > 0 and mix_logits_V is None:
+        raise ValueError(f"mix_fraction={cfg.mix_fraction} needs mix_logits_V")
+
+    def loss_fn(params, batch, key, gen_scale):
         with _autocast(amp_dtype, device_type):
-            return electra_forward(params, batch, key, cfg, train=True)
+            return electra_forward(params, batch, key, cfg, train=True,
+                                   mix_logits_V=mix_logits_V, gen_scale=gen_scale)
 
     grads_of = grad_fn(loss_fn, grad_route)
     # A pure function of the tree's paths: once per structure eagerly (~5 ms a call), traced
@@ -269,7 +308,10 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
 
     def train_step(params: Params, opt_state: dict, batch: Batch, key: torch.Tensor):
         decay_mask = decay_mask_of(params)
-        grads, (loss, metrics) = grads_of(params, batch, key)
+        # gen_delay_steps: the generator's loss counts from that step on (0-d, no recompile).
+        gen_scale = ((opt_state["step"] >= cfg.gen_delay_steps).to(torch.float32)
+                     if cfg.gen_delay_steps > 0 else None)
+        grads, (loss, metrics) = grads_of(params, batch, key, gen_scale)
         grads, gnorm = optim.clip_by_global_norm(grads, cfg.clip_norm)
         step = opt_state["step"]
         sched = opt_state.get("schedule")
