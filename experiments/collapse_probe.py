@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from electra_fn import checkpoint as C
+from electra_fn import diagnostics as D
 from electra_fn import model as M
 from electra_fn import pretrain as P
 from electra_fn.config import ModelConfig, PretrainConfig
@@ -39,7 +40,7 @@ def token_state_spread(params, batches, cfg) -> float:
         hs = [M.discriminator_hidden(params, b["input_ids"], b["token_type_ids"],
                                      b["attention_mask"], cfg.model)[b["attention_mask"].bool()]
               for b in batches]
-    return float(torch.cat(hs).std(0).mean())
+    return float(D.token_spread(torch.cat(hs)))
 
 
 def analyze(run_dirs: list[str], data, jsonl: Path | None) -> None:
