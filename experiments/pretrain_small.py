@@ -35,7 +35,7 @@ import orjson
 import torch
 
 from electra_fn import checkpoint as ckpt
-from electra_fn import compiling, cuda_graph, hf, model, pretrain
+from electra_fn import compiling, cuda_graph, diagnostics, hf, model, pretrain
 from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.data import pretrain_data as pdata
 from electra_fn.data import tokenizer as toklib
@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "100k steps or more)")
     p.add_argument("--vocab-size", type=int, default=None,
                    help="tokenizer vocabulary (default: the preset's, capped by the corpus)")
+    p.add_argument("--generator-multiplier", type=float, default=None,
+                   help="generator width relative to the discriminator (default: the "
+                        "preset's; the paper's Small 0.25)")
+    p.add_argument("--gen-weight", type=float, default=None,
+                   help="weight of the generator's MLM loss (default 1)")
+    p.add_argument("--disc-weight", type=float, default=None,
+                   help="weight of the discriminator's loss (default 50, the paper's)")
     p.add_argument("--out", default="runs/pretrain_small")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from the newest checkpoint in --out (or a given file)")
@@ -257,11 +264,13 @@ def step_key_for(seed: int, step: int, device: torch.device, compiled: bool) -> 
     return key.to(device, non_blocking=True) if compiled else key
 
 
-def evaluate(eval_step, params, valid_batches, seed: int, device) -> dict:
+def evaluate(eval_step, params, valid_batches, seed: int, device,
+             cfg: PretrainConfig | None = None) -> dict:
     """Token-weighted held-out metrics over fixed batches with fixed noise (comparable over time).
 
-    Keys ``"{name}/..."`` (the fixed-proposal metrics) are weighted by their own replaced
-    fraction, the others by the generator's."""
+    Keys ``"{name}/..."`` (the fixed-proposal metrics, the AUC breakdown) are weighted by
+    their own replaced fraction, the others by the generator's; metrics of groups without a
+    replaced fraction (the shuffled-context check) by tokens."""
     sums: dict[str, float] = {}
     totals: dict[str, float] = {}
     for i, batch in enumerate(valid_batches):
@@ -272,7 +281,8 @@ def evaluate(eval_step, params, valid_batches, seed: int, device) -> dict:
             prefix, _, name = k.rpartition("/")
             if name in ("masked_tokens", "tokens"):
                 continue
-            replaced = m[f"{prefix}/replaced_fraction" if prefix else "replaced_fraction"] * tokens
+            fraction = m.get(f"{prefix}/replaced_fraction" if prefix else "replaced_fraction")
+            replaced = tokens * fraction if fraction is not None else None
             if name in ("gen_loss", "gen_accuracy"):
                 w = m["masked_tokens"]
             elif name in ("disc_replaced_accuracy", "disc_auc"):
@@ -284,7 +294,8 @@ def evaluate(eval_step, params, valid_batches, seed: int, device) -> dict:
             sums[k] = sums.get(k, 0.0) + v * w
             totals[k] = totals.get(k, 0.0) + w
     out = {k: sums[k] / max(totals[k], 1e-9) for k in sums}
-    out["loss"] = out["gen_loss"] + 50.0 * out["disc_loss"]
+    gen_w, disc_w = (cfg.gen_weight, cfg.disc_weight) if cfg else (1.0, 50.0)
+    out["loss"] = gen_w * out["gen_loss"] + disc_w * out["disc_loss"]
     return out
 
 
@@ -298,20 +309,33 @@ def eval_line(step: int, e: dict) -> str:
              for name in PROPOSALS if f"{name}/disc_replaced_accuracy" in e]
     if fixed:
         line += "; fixed replacements (replaced/original acc): " + ", ".join(fixed)
+    if "shuffle/logit_shift" in e:
+        line += (f"; shuffled-context logit shift {e['shuffle/logit_shift']:.3f} "
+                 f"(spread {e['shuffle/logit_spread']:.3f}); state spread "
+                 f"{e['state/token_spread']:.3f}")
     return line
 
 
 # Fixed replacement distributions the held-out evaluation also scores the discriminator on.
 PROPOSALS = ("uniform", "unigram")
+# The AUC breakdown of electra_fn.diagnostics.breakdown_metrics, with labels.
+CONTEXT_GROUPS = (("top1", "generator's top-1 samples"), ("not_top1", "other samples"),
+                  ("freq0", "sampled token rank < 100"), ("freq1", "rank 100-999"),
+                  ("freq2", "rank 1,000-9,999"), ("freq3", "rank >= 10,000"))
+
+
+def token_counts(data: pdata.PretrainData, vocab_size: int) -> torch.Tensor:
+    """How often each token id occurs in the training split [V]."""
+    counts = np.bincount(np.asarray(data.train_ids).reshape(-1).astype(np.int64),
+                         minlength=vocab_size)[:vocab_size]
+    return torch.from_numpy(counts)
 
 
 def make_proposals(data: pdata.PretrainData, vocab_size: int) -> dict[str, torch.Tensor]:
     """``uniform`` and ``unigram`` (token frequencies of the training split) log-weights."""
-    counts = np.bincount(np.asarray(data.train_ids).reshape(-1).astype(np.int64),
-                         minlength=vocab_size)[:vocab_size]
     return {"uniform": pretrain.proposal_logits("uniform", vocab_size),
             "unigram": pretrain.proposal_logits("unigram", vocab_size,
-                                                torch.from_numpy(counts))}
+                                                token_counts(data, vocab_size))}
 
 
 def make_valid_batches(data: pdata.PretrainData, batch_size: int) -> list[dict]:
@@ -344,7 +368,10 @@ def plot_curves(out: Path, rows: list[dict], evals: list[dict], log=print) -> Pa
     if not rows:
         return None
     fixed = [n for n in PROPOSALS if evals and all(f"{n}/disc_auc" in e for e in evals)]
-    fig, axes = plt.subplots(1, 4 if fixed else 3, figsize=(20 if fixed else 15, 4))
+    groups = [(g, lab) for g, lab in CONTEXT_GROUPS
+              if evals and all(f"{g}/disc_auc" in e for e in evals)]
+    n_axes = 3 + bool(fixed) + bool(groups)
+    fig, axes = plt.subplots(1, n_axes, figsize=(5 * n_axes, 4))
     steps = [r["step"] for r in rows]
     axes[0].plot(steps, [r["gen_loss"] for r in rows], label="generator MLM loss")
     axes[0].plot(steps, [r["disc_loss"] * 50 for r in rows], label="50 × discriminator loss")
@@ -374,6 +401,20 @@ def plot_curves(out: Path, rows: list[dict], evals: list[dict], log=print) -> Pa
                          linestyle="--", color=line.get_color(), label=f"on replaced, {n}")
         axes[3].set_xlabel("step"), axes[3].set_title("held-out discriminator, fixed proposals")
         axes[3].legend()
+    if groups:
+        ax = axes[-1]
+        es = [e["step"] for e in evals]
+        for g, lab in groups:
+            ax.plot(es, [e[f"{g}/disc_auc"] for e in evals], marker="o", label=f"AUC, {lab}")
+        if all("shuffle/logit_shift" in e for e in evals):
+            ax.plot(es, [e["shuffle/logit_shift"] / max(e["shuffle/logit_spread"], 1e-9)
+                         for e in evals], marker="s", color="k", linestyle="--",
+                    label="shuffled-context shift / spread")
+        if all("state/token_spread" in e for e in evals):
+            ax.plot(es, [e["state/token_spread"] for e in evals], marker="^", color="0.4",
+                    linestyle=":", label="final-state spread across tokens")
+        ax.set_xlabel("step"), ax.set_title("does the discriminator use context?")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "curves.png"
     fig.savefig(path, dpi=100)
@@ -465,6 +506,10 @@ def run(args: argparse.Namespace) -> int:
                 ("warmup", "warmup_steps", cfg.warmup_steps),
                 ("bias_correction", "adam_bias_correction", cfg.adam_bias_correction),
                 ("vocab_size", "vocab_size", cfg.model.vocab_size),
+                ("generator_multiplier", "generator_multiplier",
+                 cfg.model.generator_multiplier),
+                ("gen_weight", "gen_weight", cfg.gen_weight),
+                ("disc_weight", "disc_weight", cfg.disc_weight),
                 ("corpus", "corpus", run.get("corpus")),
                 ("valid", "valid", run.get("valid"))):
             given = getattr(args, flag)
@@ -519,6 +564,10 @@ def run(args: argparse.Namespace) -> int:
     fitted_fn = None
     if cfg is None:
         mcfg = base.replace(vocab_size=tokenizer.vocab_size)
+        if args.generator_multiplier is not None:
+            mcfg = mcfg.replace(generator_multiplier=args.generator_multiplier)
+        weights = {k: getattr(args, k) for k in ("gen_weight", "disc_weight")
+                   if getattr(args, k) is not None}
         batch = args.batch_size or (128 if on_gpu else CPU_DEFAULT_BATCH)
         budget = args.time_budget
         if budget is None and args.steps is None and not on_gpu:
@@ -526,7 +575,7 @@ def run(args: argparse.Namespace) -> int:
         provisional = PretrainConfig(model=mcfg, seq_len=seq_len, batch_size=batch,
                                      total_steps=args.steps or 1_000_000, seed=seed,
                                      learning_rate=args.lr or default_lr(batch),
-                                     warmup_steps=0)
+                                     warmup_steps=0, **weights)
         total = provisional.total_steps
         if budget is not None:
             # The scratch steps run the step the run will use: the schedule (length, warmup,
@@ -663,8 +712,11 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
 
     if step_fn is None:
         step_fn = make_step_fn(cfg, device, amp, use_compile, use_graph=use_graph, log=log)
-    eval_fn = pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type,
-                                      proposals=make_proposals(data, cfg.model.vocab_size))
+    eval_fn = diagnostics.with_context_metrics(
+        pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type,
+                                proposals=make_proposals(data, cfg.model.vocab_size)),
+        cfg, diagnostics.frequency_rank_V(token_counts(data, cfg.model.vocab_size)),
+        amp_dtype=amp, device_type=device.type)
     valid_batches = make_valid_batches(data, cfg.batch_size)
     metrics_path, eval_path = out / "metrics.jsonl", out / "eval.jsonl"
     config_blob = {"pretrain": cfg.to_dict(), "run": run_info}
@@ -693,7 +745,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
     eval_s = None
     if step == 0:
         t_eval = time.time()
-        e = evaluate(eval_fn, params, valid_batches, cfg.seed, device)
+        e = evaluate(eval_fn, params, valid_batches, cfg.seed, device, cfg)
         eval_s = time.time() - t_eval
         append_jsonl(eval_path, {"step": 0, **e})
         log(eval_line(0, e))
@@ -789,7 +841,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
             bar.update(1)
             t_pause = time.time()
             if step % eval_every == 0 and step < cfg.total_steps:
-                e = evaluate(eval_fn, params, valid_batches, cfg.seed, device)
+                e = evaluate(eval_fn, params, valid_batches, cfg.seed, device, cfg)
                 append_jsonl(eval_path, {"step": step, **e})
                 bar.write(eval_line(step, e))
             if time.time() - last_save >= args.save_every:
@@ -814,7 +866,7 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
         for s, h in old_handlers.items():
             signal.signal(s, h)
 
-    final = evaluate(eval_fn, params, valid_batches, cfg.seed, device)
+    final = evaluate(eval_fn, params, valid_batches, cfg.seed, device, cfg)
     append_jsonl(eval_path, {"step": step, **final})
     evals = [orjson.loads(x) for x in eval_path.read_bytes().splitlines() if x.strip()]
     first = evals[0]
@@ -843,8 +895,13 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
              ("disc_auc", "discriminator ROC AUC"),
              ("gen_loss", "generator loss"), ("disc_loss", "discriminator loss")]
     for n in PROPOSALS:
-        shown += [(f"{n}/disc_replaced_accuracy", f"{n} replacements: replaced"),
+        shown += [(f"{n}/disc_auc", f"{n} replacements: ROC AUC"),
+                  (f"{n}/disc_replaced_accuracy", f"{n} replacements: replaced"),
                   (f"{n}/disc_original_accuracy", f"{n} replacements: original")]
+    shown += [(f"{g}/disc_auc", f"AUC, {lab}") for g, lab in CONTEXT_GROUPS]
+    shown += [("shuffle/logit_shift", "shuffled-context logit shift"),
+              ("shuffle/logit_spread", "  logit spread (scale)"),
+              ("state/token_spread", "final-state spread across tokens")]
     for k, lab in shown:
         if k in first and k in final:  # a run resumed from an older release lacks some
             log(f"{lab:<34}{first[k]:>12.4f}{final[k]:>12.4f}")
