@@ -10,6 +10,9 @@
 #   4. if at least COMPILE_MIN seconds are left: the cold compile of the full training step
 #      (benchmarks/compile_time.py, ELECTRA-Small, bf16, batch 128): its time, or "not
 #      finished after N s", and if it finishes the compiled step's ms/step.
+#   original (only when named in STAGES): the paper's recipe as the original runs it (1M-step
+#      schedule, 10k warmup, Adam without bias correction) stopped at ORIGINAL_STEPS (5,000),
+#      held-out evaluation every 500 steps, for the side-by-side with google-research/electra#81.
 # STAGES (default checks,bench,pretrain,compile) picks stages. Everything lands in $OUT (at most 8 files): card.txt session.log checks.json
 # throughput.json throughput.md traces.tar.gz pretrain.tar.gz compile.json
 #
@@ -40,6 +43,8 @@ SESSION_S=${SESSION_S:-540}      # the whole session; the last stages get what i
 COMPILE_MIN=${COMPILE_MIN:-240}
 PRETRAIN_BUDGET=${PRETRAIN_BUDGET:-150}
 PRETRAIN_ARGS=${PRETRAIN_ARGS:-}
+ORIGINAL_STEPS=${ORIGINAL_STEPS:-5000}
+ORIGINAL_ARGS=${ORIGINAL_ARGS:-}
 CORPUS=${CORPUS:-.devdata/corpus}
 PY=${PYTHON:-python3}
 T0=$(date +%s)
@@ -125,6 +130,26 @@ elif [ "$B" -ge 45 ]; then
     fi
 else
     say "== 3. pre-training skipped: ${B}s left for it"
+fi
+
+# -- the original's recipe to step ORIGINAL_STEPS (named stage only) --------------------------
+L=$(( $(left) - 20 ))
+if stage original; then
+    say "== original recipe to step $ORIGINAL_STEPS (limit ${L}s)"
+    OR_OUT="$WORK/original"
+    CORPUS_ARGS=()
+    [ -e "$CORPUS" ] && CORPUS_ARGS=(--corpus "$CORPUS")
+    timeout -k 15 "$L" "$PY" -m experiments.pretrain_small --device "$DEVICE" \
+        "${CORPUS_ARGS[@]}" --steps 1000000 --stop-at-step "$ORIGINAL_STEPS" \
+        --eval-every 500 --save-every 1h --out "$OR_OUT" $ORIGINAL_ARGS > "$WORK/original.log" 2>&1
+    rc=$?; [ "$rc" -ne 0 ] && { say "original recipe exit $rc"; status=1; }
+    tr '\r' '\n' < "$WORK/original.log" | grep -v '^pre-training:' | grep -v '^\s*$' \
+        | tail -30 | tee -a "$LOG"
+    if [ -d "$OR_OUT" ]; then
+        cp "$WORK/original.log" "$OR_OUT/original.log"
+        (cd "$OR_OUT" && tar czf "$OUT/original.tar.gz" --ignore-failed-read \
+            $(ls config.json metrics.jsonl eval.jsonl original.log 2>/dev/null))
+    fi
 fi
 
 # -- 4. cold compile of the training step, if there is time for it ---------------------------
