@@ -44,6 +44,9 @@ class ModelConfig:
     # "full" (ELECTRA) or "self": a diagnostic control whose discriminator attends only to
     # each token itself, so it sees no context (electra_fn.diagnostics).
     disc_context: str = "full"
+    # "original": truncated normal and Glorot-uniform where the original has them
+    # (electra_fn.layers); "normal": an untruncated normal(0, initializer_range) everywhere.
+    init: str = "original"
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -67,6 +70,8 @@ class ModelConfig:
                  f"must be in [0, vocab_size={self.vocab_size})")
         _require(self.disc_context in ("full", "self"), c, "disc_context", self.disc_context,
                  "must be 'full' or 'self'")
+        _require(self.init in ("original", "normal"), c, "init", self.init,
+                 "must be 'original' or 'normal'")
         g = self.generator
         _require(g.hidden_size >= 1 and g.hidden_size % g.num_heads == 0, c,
                  "generator_multiplier", self.generator_multiplier,

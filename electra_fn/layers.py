@@ -2,7 +2,10 @@
 
 Every block is an ``init_x(gen, ...) -> params`` / ``x(params, inputs, ...) -> outputs`` pair.
 Weights follow ``torch.nn.functional.linear``: ``weight`` is ``[out, in]``.
-Initialisation follows the original: normal(0, 0.02) weights, zero biases, LayerNorm 1/0.
+Initialisation (``init``): ``"original"`` as the original code, a normal(0, std) truncated at
+2 std (TF's ``truncated_normal_initializer``) and Glorot-uniform where the original leaves
+TF's default initialiser; ``"normal"`` an untruncated normal(0, std) everywhere. Zero
+biases, LayerNorm 1/0.
 """
 
 from __future__ import annotations
@@ -18,13 +21,31 @@ from . import rng as rnglib
 Params = dict
 
 
-def _normal(gen: torch.Generator, shape: tuple[int, ...], std: float) -> torch.Tensor:
-    return torch.randn(shape, generator=gen, dtype=torch.float32) * std
+INITS = ("original", "normal")
+
+
+def init_weight(gen: torch.Generator, shape: tuple[int, ...], std: float,
+                init: str = "original") -> torch.Tensor:
+    """A float32 weight: normal(0, std) truncated at 2 std (``"original"``, actual std
+    0.88 std) or untruncated (``"normal"``)."""
+    if init == "original":
+        w = torch.empty(shape, dtype=torch.float32)
+        return torch.nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std, generator=gen)
+    if init == "normal":
+        return torch.randn(shape, generator=gen, dtype=torch.float32) * std
+    raise ValueError(f"init={init!r}: expected one of {INITS}")
 
 
 # -- dense --------------------------------------------------------------------------------
-def init_dense(gen: torch.Generator, d_in: int, d_out: int, std: float) -> Params:
-    return {"weight": _normal(gen, (d_out, d_in), std), "bias": torch.zeros(d_out)}
+def init_dense(gen: torch.Generator, d_in: int, d_out: int, std: float, init: str = "original",
+               glorot: bool = False) -> Params:
+    """``glorot=True`` marks a layer the original leaves to TF's default initialiser
+    (Glorot-uniform); under ``init="normal"`` it is drawn like the others."""
+    if glorot and init == "original":
+        w = torch.nn.init.xavier_uniform_(torch.empty(d_out, d_in), generator=gen)
+    else:
+        w = init_weight(gen, (d_out, d_in), std, init)
+    return {"weight": w, "bias": torch.zeros(d_out)}
 
 
 def dense(p: Params, x: torch.Tensor) -> torch.Tensor:
@@ -54,12 +75,13 @@ def _sub(key: torch.Tensor | None, tag: int) -> torch.Tensor | None:
 
 
 # -- attention ----------------------------------------------------------------------------
-def init_attention(gen: torch.Generator, hidden: int, std: float) -> Params:
-    q, k, v = (init_dense(gen, hidden, hidden, std) for _ in range(3))
+def init_attention(gen: torch.Generator, hidden: int, std: float, init: str = "original"
+                   ) -> Params:
+    q, k, v = (init_dense(gen, hidden, hidden, std, init) for _ in range(3))
     return {
         "qkv": {"weight": torch.cat([q["weight"], k["weight"], v["weight"]]),
                 "bias": torch.zeros(3 * hidden)},
-        "out": init_dense(gen, hidden, hidden, std),
+        "out": init_dense(gen, hidden, hidden, std, init),
         "layer_norm": init_layer_norm(hidden),
     }
 
@@ -87,8 +109,10 @@ def attention(p: Params, x_BxLxH: torch.Tensor, bias_Bx1x1xL: torch.Tensor, *, n
 
 
 # -- feed-forward -------------------------------------------------------------------------
-def init_feed_forward(gen: torch.Generator, hidden: int, inner: int, std: float) -> Params:
-    return {"in": init_dense(gen, hidden, inner, std), "out": init_dense(gen, inner, hidden, std),
+def init_feed_forward(gen: torch.Generator, hidden: int, inner: int, std: float,
+                      init: str = "original") -> Params:
+    return {"in": init_dense(gen, hidden, inner, std, init),
+            "out": init_dense(gen, inner, hidden, std, init),
             "layer_norm": init_layer_norm(hidden)}
 
 

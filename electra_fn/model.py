@@ -26,22 +26,25 @@ Params = dict
 
 # -- initialisation -----------------------------------------------------------------------
 def init_embeddings(gen: torch.Generator, cfg: ModelConfig) -> Params:
-    std = cfg.initializer_range
+    std, init = cfg.initializer_range, cfg.init
     return {
-        "word": L._normal(gen, (cfg.vocab_size, cfg.embedding_size), std),
-        "position": L._normal(gen, (cfg.max_position_embeddings, cfg.embedding_size), std),
-        "token_type": L._normal(gen, (cfg.type_vocab_size, cfg.embedding_size), std),
+        "word": L.init_weight(gen, (cfg.vocab_size, cfg.embedding_size), std, init),
+        "position": L.init_weight(gen, (cfg.max_position_embeddings, cfg.embedding_size), std,
+                                  init),
+        "token_type": L.init_weight(gen, (cfg.type_vocab_size, cfg.embedding_size), std, init),
         "layer_norm": L.init_layer_norm(cfg.embedding_size),
     }
 
 
-def init_encoder(gen: torch.Generator, enc: EncoderConfig, std: float) -> Params:
+def init_encoder(gen: torch.Generator, enc: EncoderConfig, std: float, init: str = "original"
+                 ) -> Params:
     p: Params = {}
-    if enc.has_projection:
-        p["embed_proj"] = L.init_dense(gen, enc.embedding_size, enc.hidden_size, std)
+    if enc.has_projection:  # modeling.py: tf.layers.dense with TF's default (Glorot) kernel
+        p["embed_proj"] = L.init_dense(gen, enc.embedding_size, enc.hidden_size, std, init,
+                                       glorot=True)
     p["layers"] = [
-        {"attention": L.init_attention(gen, enc.hidden_size, std),
-         "ffn": L.init_feed_forward(gen, enc.hidden_size, enc.intermediate_size, std)}
+        {"attention": L.init_attention(gen, enc.hidden_size, std, init),
+         "ffn": L.init_feed_forward(gen, enc.hidden_size, enc.intermediate_size, std, init)}
         for _ in range(enc.num_layers)
     ]
     return p
@@ -50,19 +53,20 @@ def init_encoder(gen: torch.Generator, enc: EncoderConfig, std: float) -> Params
 def init_params(cfg: ModelConfig, seed: int) -> Params:
     """All pre-training parameters, bit-identical for equal (cfg, seed). Float32, on CPU."""
     gen = torch.Generator().manual_seed(int(seed))
-    std = cfg.initializer_range
+    std, init = cfg.initializer_range, cfg.init
     g, d = cfg.generator, cfg.discriminator
     embeddings = init_embeddings(gen, cfg)
-    generator = init_encoder(gen, g, std)
+    generator = init_encoder(gen, g, std, init)
     generator["head"] = {
-        "dense": L.init_dense(gen, g.hidden_size, cfg.embedding_size, std),
+        "dense": L.init_dense(gen, g.hidden_size, cfg.embedding_size, std, init),
         "layer_norm": L.init_layer_norm(cfg.embedding_size),
         "output_bias": torch.zeros(cfg.vocab_size),
     }
-    discriminator = init_encoder(gen, d, std)
+    discriminator = init_encoder(gen, d, std, init)
     discriminator["head"] = {
-        "dense": L.init_dense(gen, d.hidden_size, d.hidden_size, std),
-        "out": L.init_dense(gen, d.hidden_size, 1, std),
+        "dense": L.init_dense(gen, d.hidden_size, d.hidden_size, std, init),
+        # run_pretraining.py: the 1-unit output is tf.layers.dense with TF's default kernel.
+        "out": L.init_dense(gen, d.hidden_size, 1, std, init, glorot=True),
     }
     return {"embeddings": embeddings, "generator": generator, "discriminator": discriminator}
 
@@ -72,7 +76,9 @@ def init_classifier(cfg: ModelConfig, num_labels: int, seed: int) -> Params:
     if num_labels < 1:
         raise ValueError(f"init_classifier: num_labels={num_labels} must be >= 1")
     gen = torch.Generator().manual_seed(int(seed))
-    return L.init_dense(gen, cfg.hidden_size, num_labels, cfg.initializer_range)
+    # finetune/classification_tasks.py: tf.layers.dense with TF's default (Glorot) kernel.
+    return L.init_dense(gen, cfg.hidden_size, num_labels, cfg.initializer_range, cfg.init,
+                        glorot=True)
 
 
 def finetune_params(params: Params, classifier: Params) -> Params:

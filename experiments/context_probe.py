@@ -30,6 +30,7 @@ from electra_fn.data import synthetic
 # so the run ends halfway up the warmup, as the original's step 5,000 of 10,000.
 VARIANTS: dict[str, dict] = {
     "short-run": {},
+    "init-normal": {"model": {"init": "normal"}},
     "original": {"adam_bias_correction": False, "warmup_steps": "2x", "total_steps": "200x"},
     "no-context": {"model": {"disc_context": "self"}},
     "gen-1/4": {"model": {"generator_multiplier": 0.25}},

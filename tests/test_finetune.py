@@ -271,7 +271,9 @@ def _toy_split(n, seed, marker=7):
 
 
 def test_short_finetune_learns_separable_task():
-    ft_cfg = FinetuneConfig(learning_rate=3e-3, batch_size=16, epochs=6, layer_decay=0.9)
+    # lr 1e-3: at 3e-3 the from-scratch tiny model with the original's Glorot head stayed at
+    # chance for 2 of 3 seeds (single thread); 1e-3 learns the task for all three.
+    ft_cfg = FinetuneConfig(learning_rate=1e-3, batch_size=16, epochs=6, layer_decay=0.9)
     train = _toy_split(192, 0)
     dev = dataclasses.replace(_toy_split(96, 1), split="dev")
     params = FT.init_finetune(None, TINY, 2, 0)

@@ -38,9 +38,26 @@ def test_init_is_deterministic(tiny_cfg):
 
 
 def test_init_statistics(tiny_cfg):
+    """The original's initialisers: TF's truncated_normal (cut at 2 std, so an actual std of
+    0.8796 std) and Glorot-uniform for embeddings_project, the 1-unit RTD output and the
+    classifier; ``init="normal"`` an untruncated normal everywhere."""
+    std = tiny_cfg.initializer_range
     flat = flat_dict(M.init_params(tiny_cfg, 0))
     word = flat["embeddings.word"]
-    assert abs(float(word.std()) - tiny_cfg.initializer_range) < 0.002
+    assert abs(float(word.std()) - 0.8796 * std) < 0.001
+    assert float(word.abs().max()) <= 2 * std
+    for name in ("discriminator.embed_proj.weight", "discriminator.head.out.weight"):
+        w = flat[name]
+        limit = (6.0 / sum(w.shape)) ** 0.5
+        assert float(w.abs().max()) <= limit and float(w.abs().max()) > 0.8 * limit, name
+        assert abs(float(w.std()) - limit / 3 ** 0.5) < 0.25 * limit / 3 ** 0.5, name
+    head = M.init_classifier(tiny_cfg, 3, seed=0)["weight"]
+    assert float(head.abs().max()) <= (6.0 / sum(head.shape)) ** 0.5
+    assert float(head.abs().max()) > 2 * std
+    normal = flat_dict(M.init_params(tiny_cfg.replace(init="normal"), 0))
+    assert abs(float(normal["embeddings.word"].std()) - std) < 0.002
+    assert float(normal["embeddings.word"].abs().max()) > 2 * std
+    assert abs(float(normal["discriminator.head.out.weight"].std()) - std) < 0.01
     for name, x in flat.items():
         if name.endswith("layer_norm.weight"):
             assert torch.equal(x, torch.ones_like(x)), name
