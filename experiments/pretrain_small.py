@@ -293,7 +293,8 @@ def evaluate(eval_step, params, valid_batches, seed: int, device,
                 w = tokens
             sums[k] = sums.get(k, 0.0) + v * w
             totals[k] = totals.get(k, 0.0) + w
-    out = {k: sums[k] / max(totals[k], 1e-9) for k in sums}
+    # A group that never occurred (e.g. a frequency bucket beyond the vocabulary) is left out.
+    out = {k: sums[k] / totals[k] for k in sums if totals[k] > 0}
     gen_w, disc_w = (cfg.gen_weight, cfg.disc_weight) if cfg else (1.0, 50.0)
     out["loss"] = gen_w * out["gen_loss"] + disc_w * out["disc_loss"]
     return out
@@ -407,13 +408,15 @@ def plot_curves(out: Path, rows: list[dict], evals: list[dict], log=print) -> Pa
         for g, lab in groups:
             ax.plot(es, [e[f"{g}/disc_auc"] for e in evals], marker="o", label=f"AUC, {lab}")
         if all("shuffle/logit_shift" in e for e in evals):
-            ax.plot(es, [e["shuffle/logit_shift"] / max(e["shuffle/logit_spread"], 1e-9)
-                         for e in evals], marker="s", color="k", linestyle="--",
-                    label="shuffled-context shift / spread")
+            ax.plot(es, [e["shuffle/logit_shift"] for e in evals], marker="s", color="k",
+                    linestyle="--", label="shuffled-context logit shift")
+            ax.plot(es, [e["shuffle/logit_spread"] for e in evals], marker="s", color="k",
+                    linestyle=":", label="logit spread (its scale)")
         if all("state/token_spread" in e for e in evals):
             ax.plot(es, [e["state/token_spread"] for e in evals], marker="^", color="0.4",
                     linestyle=":", label="final-state spread across tokens")
-        ax.set_xlabel("step"), ax.set_title("does the discriminator use context?")
+        ax.set_xlabel("step"), ax.set_ylabel("AUC; logits")
+        ax.set_title("does the discriminator use context?")
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "curves.png"

@@ -119,6 +119,13 @@ def test_run_writes_all_outputs(full_run):
             for k in ("disc_replaced_accuracy", "disc_original_accuracy", "disc_auc"):
                 assert 0 <= e[f"{name}/{k}"] <= 1, (name, k, e)
             assert 0.05 < e[f"{name}/replaced_fraction"] < 0.2
+        # the context diagnostics (electra_fn.diagnostics), every evaluation
+        assert e["shuffle/logit_shift"] >= 0 and e["shuffle/logit_spread"] > 0
+        assert 0 < e["state/token_spread"] < 2
+        assert e["top1/replaced_fraction"] + e["not_top1/replaced_fraction"] == pytest.approx(
+            e["replaced_fraction"], abs=1e-6)
+        assert sum(e[f"freq{i}/replaced_fraction"] for i in range(4)) == pytest.approx(
+            e["replaced_fraction"], abs=1e-6)
 
     assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step_00000006.pt"]
     state = ckpt.load_checkpoint(out / "checkpoints" / "step_00000006.pt")
