@@ -116,9 +116,10 @@ def step_noise(key: torch.Tensor, cfg: PretrainConfig, batch_size: int, seq_len:
                device: torch.device) -> dict:
     """The masking and Gumbel noise that ``electra_forward`` derives from ``key`` (same tags)."""
     P, V = cfg.max_predictions, cfg.model.vocab_size
+    u_key, u_shape = (("position_u_BxP", (batch_size, P)) if cfg.masking == "original"
+                      else ("position_u_BxL", (batch_size, seq_len)))
     return {
-        "position_u_BxL": rnglib.uniform(rnglib.fold_in(key, _K_MASK_POS), (batch_size, seq_len),
-                                         device),
+        u_key: rnglib.uniform(rnglib.fold_in(key, _K_MASK_POS), u_shape, device),
         "keep_u_BxP": rnglib.uniform(rnglib.fold_in(key, _K_MASK_KEEP), (batch_size, P), device),
         "gumbel_BxPxV": rnglib.gumbel(rnglib.fold_in(key, _K_GUMBEL), (batch_size, P, V), device),
     }
@@ -220,7 +221,7 @@ class HFPeer:
         mask_BxL = batch["attention_mask"]
         mb = masking.mask_batch(ids_BxL, noise, max_predictions=cfg.max_predictions,
                                 mask_prob=cfg.mask_prob, mask_token_id=MASK_ID,
-                                special_ids=SPECIAL_IDS)
+                                special_ids=SPECIAL_IDS, positions=cfg.masking)
         with _autocast(self.amp_dtype, self.device):
             gen_logits_BxLxV = self.generator(input_ids=mb["masked_ids_BxL"],
                                               attention_mask=mask_BxL,

@@ -167,6 +167,9 @@ class PretrainConfig:
     adam_bias_correction: bool = False
     clip_norm: float = 1.0
     mask_prob: float = 0.15
+    # "original": the original's count and positions drawn with replacement; "distinct": the
+    # count over candidates and distinct positions (electra_fn.masking.mask_batch).
+    masking: str = "original"
     disc_weight: float = 50.0
     gen_weight: float = 1.0
     # Share of the masked slots refilled from a fixed proposal (e.g. unigram) instead of the
@@ -195,6 +198,8 @@ class PretrainConfig:
         _require(self.adam_eps > 0, c, "adam_eps", self.adam_eps, "must be > 0")
         _require(self.clip_norm > 0, c, "clip_norm", self.clip_norm, "must be > 0")
         _require(0 < self.mask_prob < 1, c, "mask_prob", self.mask_prob, "must be in (0, 1)")
+        _require(self.masking in ("original", "distinct"), c, "masking", self.masking,
+                 "must be 'original' or 'distinct'")
         _require(self.disc_weight >= 0, c, "disc_weight", self.disc_weight, "must be >= 0")
         _require(self.gen_weight >= 0, c, "gen_weight", self.gen_weight, "must be >= 0")
         _require(0 <= self.mix_fraction <= 1, c, "mix_fraction", self.mix_fraction,

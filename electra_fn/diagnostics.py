@@ -110,9 +110,9 @@ def breakdown_metrics(params: Params, batch: dict, key: torch.Tensor, cfg: Pretr
     """Discriminator AUC on the generator's replacements (the masking and samples of
     ``electra_forward`` with ``key``), split into groups of replaced tokens against all
     original tokens: ``top1`` / ``not_top1`` (the sample was / was not the generator's
-    argmax) and, given ``rank_V`` (:func:`frequency_rank_V`), ``freq{i}`` by the sampled
-    token's frequency rank (``FREQ_RANK_EDGES``). Each group also has its
-    ``replaced_fraction`` (its replaced tokens over all tokens) for weighting."""
+    argmax) and, given ``rank_V`` (:func:`frequency_rank_V`), ``freq{i}`` by the replacing
+    token's frequency rank (``FREQ_RANK_EDGES``). Each split partitions the replaced tokens;
+    each group also has its ``replaced_fraction`` (its tokens over all tokens) for weighting."""
     mask_BxL = batch["attention_mask"]
     with torch.no_grad():
         fake = pretrain.replaced_batch(params, batch, key, cfg, train=False)
@@ -120,21 +120,24 @@ def breakdown_metrics(params: Params, batch: dict, key: torch.Tensor, cfg: Pretr
                                                 batch.get("token_type_ids"), mask_BxL,
                                                 cfg.model).float()
     B, L = mask_BxL.shape
-    zeros_BxL = torch.zeros((B, L), dtype=torch.long, device=mask_BxL.device)
-    replaced_BxP = (fake["weights_BxP"] > 0) & (fake["sampled_BxP"] != fake["labels_BxP"])
-
-    def on_tokens(flag_BxP: torch.Tensor) -> torch.Tensor:
-        return zeros_BxL.scatter_add(1, fake["positions_BxP"],
-                                     (replaced_BxP & flag_BxP).long()) > 0
-
+    P = fake["positions_BxP"].shape[1]
+    replaced_BxL = fake["is_replaced_BxL"] & mask_BxL.bool()
+    # The slot that wrote each position (the last one where a position was drawn twice).
+    slot_P = torch.arange(P, device=mask_BxL.device).expand(B, -1)
+    slot_BxL = torch.full((B, L), -1, dtype=torch.long, device=mask_BxL.device).scatter_reduce(
+        1, fake["positions_BxP"], torch.where(fake["weights_BxP"] > 0, slot_P, -1), "amax")
     top1_BxP = fake["gen_logits_BxPxV"].argmax(-1) == fake["sampled_BxP"]
-    groups = {"top1": on_tokens(top1_BxP), "not_top1": on_tokens(~top1_BxP)}
+    top1_BxL = torch.gather(top1_BxP, 1, slot_BxL.clamp(min=0)) & (slot_BxL >= 0)
+    groups = {"top1": replaced_BxL & top1_BxL, "not_top1": replaced_BxL & ~top1_BxL}
     if rank_V is not None:
-        rank_BxP = rank_V.to(fake["sampled_BxP"].device)[fake["sampled_BxP"]]
+        # The frequency rank of the token the discriminator sees there.
+        rank_BxL = rank_V.to(mask_BxL.device)[fake["disc_ids_BxL"]]
         edges = (0, *FREQ_RANK_EDGES, None)
         for i in range(len(edges) - 1):
-            hi = rank_BxP < edges[i + 1] if edges[i + 1] is not None else True
-            groups[f"freq{i}"] = on_tokens((rank_BxP >= edges[i]) & hi)
+            in_bucket = rank_BxL >= edges[i]
+            if edges[i + 1] is not None:
+                in_bucket = in_bucket & (rank_BxL < edges[i + 1])
+            groups[f"freq{i}"] = replaced_BxL & in_bucket
     original_BxL = ~fake["is_replaced_BxL"] & mask_BxL.bool()
     n_real = mask_BxL.to(torch.float32).sum()
     out = {}

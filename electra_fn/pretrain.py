@@ -172,11 +172,14 @@ def _mask(batch: Batch, key: torch.Tensor, cfg: PretrainConfig) -> dict:
     B, Lx = ids_BxL.shape
     P = cfg.max_predictions
     dev = ids_BxL.device
-    noise = {"position_u_BxL": rnglib.uniform(rnglib.fold_in(key, _K_MASK_POS), (B, Lx), dev),
+    u_key, u_shape = (("position_u_BxP", (B, P)) if cfg.masking == "original"
+                      else ("position_u_BxL", (B, Lx)))
+    noise = {u_key: rnglib.uniform(rnglib.fold_in(key, _K_MASK_POS), u_shape, dev),
              "keep_u_BxP": rnglib.uniform(rnglib.fold_in(key, _K_MASK_KEEP), (B, P), dev)}
     return masking.mask_batch(ids_BxL, noise, max_predictions=P, mask_prob=cfg.mask_prob,
                               mask_token_id=MASK_ID,
-                              special_ids=(PAD_ID, CLS_ID, SEP_ID, MASK_ID))
+                              special_ids=(PAD_ID, CLS_ID, SEP_ID, MASK_ID),
+                              positions=cfg.masking, pad_token_id=PAD_ID)
 
 
 def proposal_logits(kind: str, vocab_size: int, token_counts_V=None) -> torch.Tensor:

@@ -34,17 +34,25 @@ def replace_tokens(masked_ids_BxL: torch.Tensor, positions_BxP: torch.Tensor,
 
     Returns ``disc_ids_BxL`` (the discriminator input) and ``is_replaced_BxL`` (bool). As in
     run_pretraining._get_fake_data, every chosen position (masked or kept) gets a sample,
-    and a sample equal to the original token counts as original. Slots with weight 0 change
-    nothing; real positions are distinct, so scatter_add of the written values is exact.
+    and a token equal to the original counts as original. Slots with weight 0 change
+    nothing. A position drawn by several slots (the original masking draws with replacement)
+    gets the floor of the mean of their samples, as the original's integer scatter_update
+    (pretrain_helpers.scatter_update divides the summed ids by their count).
     """
     real_BxP = weights_BxP > 0
     positions_BxP = positions_BxP.to(torch.long)
     zeros_BxL = torch.zeros_like(masked_ids_BxL, dtype=torch.long)
-    written_BxL = zeros_BxL.scatter_add(1, positions_BxP, real_BxP.to(torch.long)) > 0
-    values_BxP = torch.where(real_BxP, sampled_BxP.to(torch.long), torch.zeros_like(positions_BxP))
-    values_BxL = zeros_BxL.scatter_add(1, positions_BxP, values_BxP)
-    disc_ids_BxL = torch.where(written_BxL, values_BxL.to(masked_ids_BxL.dtype), masked_ids_BxL)
+    count_BxL = zeros_BxL.scatter_add(1, positions_BxP, real_BxP.to(torch.long))
+    written_BxL = count_BxL > 0
+    per = count_BxL.clamp(min=1)
 
-    replaced_BxP = real_BxP & (sampled_BxP.to(torch.long) != labels_BxP.to(torch.long))
-    is_replaced_BxL = zeros_BxL.scatter_add(1, positions_BxP, replaced_BxP.to(torch.long)) > 0
+    def scattered_mean(values_BxP: torch.Tensor) -> torch.Tensor:
+        kept = torch.where(real_BxP, values_BxP.to(torch.long), torch.zeros_like(positions_BxP))
+        return torch.div(zeros_BxL.scatter_add(1, positions_BxP, kept), per,
+                         rounding_mode="floor")
+
+    values_BxL = scattered_mean(sampled_BxP)
+    originals_BxL = scattered_mean(labels_BxP)  # one label per position, so exact
+    disc_ids_BxL = torch.where(written_BxL, values_BxL.to(masked_ids_BxL.dtype), masked_ids_BxL)
+    is_replaced_BxL = written_BxL & (values_BxL != originals_BxL)
     return {"disc_ids_BxL": disc_ids_BxL, "is_replaced_BxL": is_replaced_BxL}

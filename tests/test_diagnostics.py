@@ -118,8 +118,9 @@ def test_self_only_attention_sees_no_other_token():
 
 
 # -- the AUC breakdown ---------------------------------------------------------------------
-def test_breakdown_groups_partition_the_replacements_and_match_sklearn():
-    cfg = PretrainConfig(model=_tiny(), seq_len=32, batch_size=4)
+@pytest.mark.parametrize("masking", ["original", "distinct"])
+def test_breakdown_groups_partition_the_replacements_and_match_sklearn(masking):
+    cfg = PretrainConfig(model=_tiny(), seq_len=32, batch_size=4, masking=masking)
     params = model.init_params(cfg.model, seed=2)
     ids = synthetic.topic_corpus(6, 32, 48, seed=4)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -140,10 +141,12 @@ def test_breakdown_groups_partition_the_replacements_and_match_sklearn():
     logits = model.discriminator_logits(params, fake["disc_ids_BxL"], None,
                                         batch["attention_mask"], cfg.model)
     top1 = fake["gen_logits_BxPxV"].argmax(-1) == fake["sampled_BxP"]
-    rep = (fake["weights_BxP"] > 0) & (fake["sampled_BxP"] != fake["labels_BxP"]) & top1
     pos = torch.zeros_like(ids, dtype=torch.bool)
-    for b in range(ids.shape[0]):
-        pos[b, fake["positions_BxP"][b][rep[b]]] = True
+    for b in range(ids.shape[0]):  # each position's last writing slot decides its group
+        for j in range(top1.shape[1]):
+            if fake["weights_BxP"][b, j] > 0:
+                pos[b, fake["positions_BxP"][b, j]] = bool(top1[b, j])
+    pos &= fake["is_replaced_BxL"]
     rows = pos | ~fake["is_replaced_BxL"]
     if pos.any():
         want = roc_auc_score(pos[rows].numpy(), logits[rows].numpy())

@@ -275,7 +275,7 @@ def test_loss_decreases_on_a_repeated_batch():
     batch = _batch(cfg, seed=1)
     params, opt = _init(cfg)
     gen, disc_loss, disc_acc = [], [], []
-    for i in range(30):
+    for i in range(40):
         params, opt, m = step(params, opt, batch, pretrain.step_key(0, i))
         assert float(m["skipped"]) == 0.0
         gen.append(float(m["gen_loss"]))
@@ -284,7 +284,9 @@ def test_loss_decreases_on_a_repeated_batch():
     first, last = slice(0, 5), slice(-5, None)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     assert mean(gen[last]) < mean(gen[first]) - 0.5, gen
-    assert mean(disc_loss[last]) < mean(disc_loss[first]) - 0.1, disc_loss
+    # From ln 2 at initialisation to well below it (single steps of a 32-token batch are noisy,
+    # so against the first step, not a window that the first few updates already move).
+    assert mean(disc_loss[last]) < disc_loss[0] - 0.2, disc_loss
     # From chance at initialisation (~0.5) to at least the majority class (original tokens).
     assert mean(disc_acc[last]) > disc_acc[0] + 0.1, disc_acc
     assert mean(disc_acc[last]) > 0.8, disc_acc

@@ -81,6 +81,21 @@ def test_real_position_zero_with_padding_slots():
     assert out["is_replaced_BxL"].tolist() == [[True, False, False]]
 
 
+def test_duplicate_positions_take_the_floor_of_the_mean_sample():
+    """pretrain_helpers.scatter_update on int ids: summed updates // their count."""
+    masked = torch.tensor([[2, MASK_ID, 11, 3]])
+    positions = torch.tensor([[1, 1, 2, 0]])
+    labels = torch.tensor([[10, 10, 11, 0]])
+    weights = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    out = replace_tokens(masked, positions, torch.tensor([[20, 23, 11, 99]]), labels, weights)
+    assert out["disc_ids_BxL"].tolist() == [[2, 21, 11, 3]]
+    assert out["is_replaced_BxL"].tolist() == [[False, True, False, False]]
+    # Two samples whose floor-mean is the original count as original.
+    out = replace_tokens(masked, positions, torch.tensor([[9, 11, 11, 99]]), labels, weights)
+    assert out["disc_ids_BxL"].tolist() == [[2, 10, 11, 3]]
+    assert not out["is_replaced_BxL"].any()
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.integers(3, 24), st.integers(1, 3))
 def test_replace_tokens_properties(seed, B, L, P):
