@@ -74,7 +74,10 @@ def summarize(rows: list[dict]) -> list[dict]:
         best = [max(r["disc_auc"] for r in rs) for rs in seeds.values()]
         row = {"variant": variant, "seeds": len(last), "step": last[0]["step"]}
         for k in keys:
-            vals = [r.get(k, math.nan) for r in last]
+            vals = [r.get(k, math.nan) for r in last]  # nan: rows from before a metric
+            if any(math.isnan(v) for v in vals):
+                row[k], row[k + "_std"] = math.nan, math.nan
+                continue
             row[k] = statistics.fmean(vals)
             row[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         row["best_disc_auc"] = statistics.fmean(best)

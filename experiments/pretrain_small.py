@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the generator's MLM loss (default 1)")
     p.add_argument("--disc-weight", type=float, default=None,
                    help="weight of the discriminator's loss (default 50, the paper's)")
+    p.add_argument("--masking", choices=["original", "distinct"], default=None,
+                   help="masked positions: the original's (drawn with replacement, the "
+                        "default) or distinct ones")
+    p.add_argument("--init", choices=["original", "normal"], default=None,
+                   help="initialisation: the original's (truncated normal, Glorot where TF's "
+                        "default; the default) or an untruncated normal(0, 0.02)")
     p.add_argument("--out", default="runs/pretrain_small")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from the newest checkpoint in --out (or a given file)")
@@ -513,6 +519,8 @@ def run(args: argparse.Namespace) -> int:
                  cfg.model.generator_multiplier),
                 ("gen_weight", "gen_weight", cfg.gen_weight),
                 ("disc_weight", "disc_weight", cfg.disc_weight),
+                ("masking", "masking", cfg.masking),
+                ("init", "init", cfg.model.init),
                 ("corpus", "corpus", run.get("corpus")),
                 ("valid", "valid", run.get("valid"))):
             given = getattr(args, flag)
@@ -569,7 +577,9 @@ def run(args: argparse.Namespace) -> int:
         mcfg = base.replace(vocab_size=tokenizer.vocab_size)
         if args.generator_multiplier is not None:
             mcfg = mcfg.replace(generator_multiplier=args.generator_multiplier)
-        weights = {k: getattr(args, k) for k in ("gen_weight", "disc_weight")
+        if args.init is not None:
+            mcfg = mcfg.replace(init=args.init)
+        recipe = {k: getattr(args, k) for k in ("gen_weight", "disc_weight", "masking")
                    if getattr(args, k) is not None}
         batch = args.batch_size or (128 if on_gpu else CPU_DEFAULT_BATCH)
         budget = args.time_budget
@@ -578,7 +588,7 @@ def run(args: argparse.Namespace) -> int:
         provisional = PretrainConfig(model=mcfg, seq_len=seq_len, batch_size=batch,
                                      total_steps=args.steps or 1_000_000, seed=seed,
                                      learning_rate=args.lr or default_lr(batch),
-                                     warmup_steps=0, **weights)
+                                     warmup_steps=0, **recipe)
         total = provisional.total_steps
         if budget is not None:
             # The scratch steps run the step the run will use: the schedule (length, warmup,
