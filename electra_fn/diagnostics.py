@@ -3,7 +3,8 @@
 * :func:`shuffled_context_metrics`: each token's discriminator logit in its own sentence and
   with the sentence's ordinary tokens shuffled (same tokens, order destroyed). A discriminator
   that reads word order moves its logits; one that scores tokens by identity does not.
-* :func:`breakdown_metrics`: ROC AUC on the generator's replacements split by the replaced
+* :func:`breakdown_metrics` (:func:`breakdown_from` inside an eval step, through
+  :func:`context_metrics`): ROC AUC on the generator's replacements split by the replaced
   token's frequency (rank buckets of the training counts) and by whether the sample was the
   generator's top-1 choice: which replacements a stalled discriminator misses.
 * :func:`context_probe`: a tiny ELECTRA trained by the real ``train_step`` on a synthetic corpus
@@ -14,7 +15,6 @@ All return dicts of 0-d tensors (``"{group}/{metric}"``), computed with dropout 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Callable
 
@@ -113,12 +113,19 @@ def breakdown_metrics(params: Params, batch: dict, key: torch.Tensor, cfg: Pretr
     argmax) and, given ``rank_V`` (:func:`frequency_rank_V`), ``freq{i}`` by the replacing
     token's frequency rank (``FREQ_RANK_EDGES``). Each split partitions the replaced tokens;
     each group also has its ``replaced_fraction`` (its tokens over all tokens) for weighting."""
-    mask_BxL = batch["attention_mask"]
     with torch.no_grad():
         fake = pretrain.replaced_batch(params, batch, key, cfg, train=False)
         logits_BxL = model.discriminator_logits(params, fake["disc_ids_BxL"],
-                                                batch.get("token_type_ids"), mask_BxL,
-                                                cfg.model).float()
+                                                batch.get("token_type_ids"),
+                                                batch["attention_mask"], cfg.model)
+    return breakdown_from(fake, logits_BxL, batch["attention_mask"], rank_V)
+
+
+def breakdown_from(fake: dict, logits_BxL: torch.Tensor, mask_BxL: torch.Tensor,
+                   rank_V: torch.Tensor | None = None) -> dict:
+    """:func:`breakdown_metrics` from a :func:`pretrain.replaced_batch` and the
+    discriminator's logits on it (as an eval step already has them)."""
+    logits_BxL = logits_BxL.float()
     B, L = mask_BxL.shape
     P = fake["positions_BxP"].shape[1]
     replaced_BxL = fake["is_replaced_BxL"] & mask_BxL.bool()
@@ -149,22 +156,17 @@ def breakdown_metrics(params: Params, batch: dict, key: torch.Tensor, cfg: Pretr
     return out
 
 
-def with_context_metrics(eval_step: Callable, cfg: PretrainConfig,
-                         rank_V: torch.Tensor | None = None,
-                         amp_dtype: torch.dtype | None = None,
-                         device_type: str = "cpu") -> Callable:
-    """``eval_step`` plus :func:`shuffled_context_metrics` and :func:`breakdown_metrics` on
-    the same batch and key (same signature and metric conventions)."""
-    def step(params: Params, batch: dict, key: torch.Tensor) -> dict:
-        m = dict(eval_step(params, batch, key))
-        amp = (torch.autocast(device_type, dtype=amp_dtype)
-               if amp_dtype not in (None, torch.float32) else contextlib.nullcontext())
-        with amp:
-            m.update(shuffled_context_metrics(params, batch, key, cfg.model))
-            m.update(breakdown_metrics(params, batch, key, cfg, rank_V))
+def context_metrics(cfg: PretrainConfig, rank_V: torch.Tensor | None = None) -> Callable:
+    """The ``extra_metrics`` hook of :func:`pretrain.make_eval_step`:
+    :func:`shuffled_context_metrics` on the batch and :func:`breakdown_from` on the eval
+    step's own replacements and logits."""
+    def extra(params: Params, batch: dict, key: torch.Tensor, fake: dict,
+              disc_logits_BxL: torch.Tensor) -> dict:
+        m = shuffled_context_metrics(params, batch, key, cfg.model)
+        m.update(breakdown_from(fake, disc_logits_BxL, batch["attention_mask"], rank_V))
         return m
 
-    return step
+    return extra
 
 
 # -- the synthetic learning probe ---------------------------------------------------------

@@ -137,6 +137,16 @@ def electra_forward(params: Params, batch: Batch, key: torch.Tensor, cfg: Pretra
     ``mix_logits_V``: the fixed proposal of ``cfg.mix_fraction`` (:func:`replaced_batch`);
     ``gen_scale`` (a 0-d tensor) multiplies the generator's loss weight (``gen_delay_steps``).
     """
+    loss, metrics, _, _ = electra_forward_parts(params, batch, key, cfg, train, mix_logits_V,
+                                                gen_scale)
+    return loss, metrics
+
+
+def electra_forward_parts(params: Params, batch: Batch, key: torch.Tensor, cfg: PretrainConfig,
+                          train: bool = True, mix_logits_V: torch.Tensor | None = None,
+                          gen_scale: torch.Tensor | None = None) -> tuple:
+    """:func:`electra_forward`'s (loss, metrics) and the :func:`replaced_batch` and
+    discriminator logits [B, L] they came from."""
     types_BxL = batch.get("token_type_ids")
     mask_BxL = batch["attention_mask"]
     fake = replaced_batch(params, batch, key, cfg, train, mix_logits_V)
@@ -163,7 +173,7 @@ def electra_forward(params: Params, batch: Batch, key: torch.Tensor, cfg: Pretra
     }
     if not train:
         metrics["disc_auc"] = losses.rtd_auc(disc_logits_BxL, fake["is_replaced_BxL"], mask_BxL)
-    return loss, metrics
+    return loss, metrics, fake, disc_logits_BxL
 
 
 def _mask(batch: Batch, key: torch.Tensor, cfg: PretrainConfig) -> dict:
@@ -353,18 +363,24 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
 
 
 def make_eval_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None,
-                   device_type: str = "cpu", proposals: dict | None = None) -> Callable:
+                   device_type: str = "cpu", proposals: dict | None = None,
+                   extra_metrics: Callable | None = None) -> Callable:
     """``eval_step(params, batch, key) -> metrics`` with dropout off.
 
     ``proposals`` maps a name to fixed replacement log-weights [V] (:func:`proposal_logits`);
     for each, :func:`fixed_proposal_metrics` is added as ``"{name}/{metric}"``.
+    ``extra_metrics(params, batch, key, fake, disc_logits_BxL) -> dict`` adds metrics computed
+    from the same forward (:func:`electra_forward_parts`; e.g. electra_fn.diagnostics).
     """
     proposals = dict(proposals or {})
 
     def eval_step(params: Params, batch: Batch, key: torch.Tensor) -> dict:
         with torch.no_grad(), _autocast(amp_dtype, device_type):
-            _, metrics = electra_forward(params, batch, key, cfg, train=False)
+            _, metrics, fake, disc_logits_BxL = electra_forward_parts(params, batch, key, cfg,
+                                                                      train=False)
             metrics = dict(metrics)
+            if extra_metrics is not None:
+                metrics.update(extra_metrics(params, batch, key, fake, disc_logits_BxL))
             for name, logits_V in proposals.items():
                 fixed = fixed_proposal_metrics(params, batch, key, cfg, logits_V)
                 metrics.update({f"{name}/{k}": v for k, v in fixed.items()})

@@ -45,9 +45,10 @@ EXIT_BAD_INPUT = 2
 CPU_DEFAULT_BUDGET_S = 15 * 60
 CPU_DEFAULT_BATCH = 16
 EVAL_BATCHES = 8
-# One held-out batch (generator + discriminator forward, then a discriminator forward per fixed
-# proposal) in training steps: 5.2 s for 8 batches against 0.94 s/step (2-core CPU, bf16).
-EVAL_BATCH_STEPS = 0.7
+# One held-out batch (generator + discriminator forward, a discriminator forward per fixed
+# proposal, two more for the shuffled-context check) in training steps: 11 s for 8 batches
+# against ~1.15 s/step (2-core CPU, bf16).
+EVAL_BATCH_STEPS = 1.2
 BUDGET_TIMED_STEPS = 3  # timed steps after the warm-up call when fitting a --time-budget
 BUDGET_MARGIN = 0.05  # share of the fitted time kept back for a machine that slows down
 # A budgeted run re-fits its step count from the pace of its own steps (the three scratch
@@ -376,7 +377,8 @@ def plot_curves(out: Path, rows: list[dict], evals: list[dict], log=print) -> Pa
         return None
     fixed = [n for n in PROPOSALS if evals and all(f"{n}/disc_auc" in e for e in evals)]
     groups = [(g, lab) for g, lab in CONTEXT_GROUPS
-              if evals and all(f"{g}/disc_auc" in e for e in evals)]
+              if evals and all(f"{g}/disc_auc" in e for e in evals)
+              and any(e.get(f"{g}/replaced_fraction", 1.0) > 0 for e in evals)]
     n_axes = 3 + bool(fixed) + bool(groups)
     fig, axes = plt.subplots(1, n_axes, figsize=(5 * n_axes, 4))
     steps = [r["step"] for r in rows]
@@ -725,11 +727,10 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
 
     if step_fn is None:
         step_fn = make_step_fn(cfg, device, amp, use_compile, use_graph=use_graph, log=log)
-    eval_fn = diagnostics.with_context_metrics(
-        pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type,
-                                proposals=make_proposals(data, cfg.model.vocab_size)),
-        cfg, diagnostics.frequency_rank_V(token_counts(data, cfg.model.vocab_size)),
-        amp_dtype=amp, device_type=device.type)
+    rank_V = diagnostics.frequency_rank_V(token_counts(data, cfg.model.vocab_size))
+    eval_fn = pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type,
+                                      proposals=make_proposals(data, cfg.model.vocab_size),
+                                      extra_metrics=diagnostics.context_metrics(cfg, rank_V))
     valid_batches = make_valid_batches(data, cfg.batch_size)
     metrics_path, eval_path = out / "metrics.jsonl", out / "eval.jsonl"
     config_blob = {"pretrain": cfg.to_dict(), "run": run_info}

@@ -244,3 +244,20 @@ def test_gen_delay_keeps_the_generator_still_until_its_step():
     assert torch.equal(w(new), w(params))
     new, opt_state, _ = step(new, opt_state, _batch(3), pretrain.step_key(0, 3))
     assert not torch.equal(w(new), w(params))
+
+
+def test_context_metrics_in_the_eval_step_equal_the_standalone_diagnostics():
+    cfg = PretrainConfig(model=_tiny(), seq_len=32, batch_size=4)
+    params = model.init_params(cfg.model, seed=1)
+    ids = synthetic.topic_corpus(4, 32, 48, seed=2)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    key = rnglib.key(11)
+    rank = D.frequency_rank_V(torch.arange(60, 0, -1))
+    step = pretrain.make_eval_step(cfg, extra_metrics=D.context_metrics(cfg, rank))
+    got = step(params, batch, key)
+    want = {**D.shuffled_context_metrics(params, batch, key, cfg.model),
+            **D.breakdown_metrics(params, batch, key, cfg, rank)}
+    plain = pretrain.make_eval_step(cfg)(params, batch, key)
+    assert set(got) == set(plain) | set(want)
+    for k, v in want.items():
+        assert float(got[k]) == pytest.approx(float(v), abs=1e-6), k

@@ -237,14 +237,15 @@ def test_schedule_defaults():
 
 
 def test_steps_for_budget():
-    from experiments.pretrain_small import steps_for_budget
+    from experiments.pretrain_small import EVAL_BATCH_STEPS, steps_for_budget
     # 900 s budget, 60 s spent; warm-up call 3 s, then 1.4 / 2.0 / 1.5 s: the median (1.5)
     # sets the pace, not the fastest step.
     times = [3.0, 1.4, 2.0, 1.5]
     steps, step_s = steps_for_budget(times, 900.0, 60.0, eval_batches=8,
                                      margin=0.0)
     assert step_s == 1.5
-    reserve = 25.0 + 6 * 8 * 1.5 * 0.7  # six evaluations of 8 batches, 0.7 step each
+    # six evaluations of 8 batches, EVAL_BATCH_STEPS steps each
+    reserve = 25.0 + 6 * 8 * 1.5 * EVAL_BATCH_STEPS
     assert steps == int((900 - 60 - sum(times) - reserve) / 1.5)
     with_margin, _ = steps_for_budget(times, 900.0, 60.0, eval_batches=8,
                                       margin=0.05)
