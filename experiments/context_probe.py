@@ -85,17 +85,23 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _num(x) -> str:
+    """A table cell: 3 decimals, or a dash for a metric the rows lack (nan; null in JSON)."""
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
 def table(summary: list[dict]) -> str:
     head = ("| variant | seeds | step | gen acc | disc AUC, generator (best) | "
             "disc AUC, uniform | disc loss | shuffle shift / spread | state spread |\n"
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in summary:
-        pm = lambda k: f"{r[k]:.3f} ± {r[k + '_std']:.3f}"  # noqa: E731
+        pm = lambda k: f"{_num(r[k])} ± {_num(r[k + '_std'])}"  # noqa: E731
         lines.append(f"| {r['variant']} | {r['seeds']} | {r['step']} | {pm('gen_accuracy')} | "
-                     f"{pm('disc_auc')} ({r['best_disc_auc']:.3f}) | {pm('uniform/disc_auc')} | "
-                     f"{pm('disc_loss')} | {r['shuffle/logit_shift']:.3f} / "
-                     f"{r['shuffle/logit_spread']:.3f} | {r['state/token_spread']:.3f} |")
+                     f"{pm('disc_auc')} ({_num(r['best_disc_auc'])}) | "
+                     f"{pm('uniform/disc_auc')} | {pm('disc_loss')} | "
+                     f"{_num(r['shuffle/logit_shift'])} / {_num(r['shuffle/logit_spread'])} | "
+                     f"{_num(r['state/token_spread'])} |")
     return "\n".join(lines)
 
 
