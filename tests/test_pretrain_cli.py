@@ -284,6 +284,11 @@ def bad_runs(tmp_path_factory, full_run) -> dict:
         path=mismatch_out / "checkpoints" / "step_00000006.pt")
     add("mismatch_corpus", "--resume", corpus=(bad_utf8,), out=mismatch_out,
         path=mismatch_out / "checkpoints" / "step_00000006.pt")
+    # the recipe flags (masking, initialisation, loss weights, generator size) as well
+    for flag, value in (("--masking", "distinct"), ("--init", "normal"),
+                        ("--gen-weight", 0.5), ("--generator-multiplier", 0.25)):
+        add(f"mismatch{flag}", "--resume", flag, value, out=mismatch_out,
+            path=mismatch_out / "checkpoints" / "step_00000006.pt")
 
     existing_out = copy_run("existing")
     add("existing", "--steps", 2, out=existing_out, snapshot=_snapshot(existing_out))
@@ -395,6 +400,15 @@ def test_resume_with_mismatched_lr_or_corpus(bad_runs):
     err, ctx = _bad(bad_runs, "mismatch_corpus")
     assert "--corpus" in err and "latin1.txt" in err and "does not match" in err
     assert "corpus=" in err and str(CORPUS) in err
+
+
+@pytest.mark.parametrize("flag,field", [("--masking", "masking="), ("--init", "init="),
+                                        ("--gen-weight", "gen_weight="),
+                                        ("--generator-multiplier", "generator_multiplier=")])
+def test_resume_with_mismatched_recipe_flag(bad_runs, flag, field):
+    err, ctx = _bad(bad_runs, f"mismatch{flag}")
+    assert f"{flag} " in err and "does not match" in err and field in err
+    assert str(ctx["path"]) in err
 
 
 def test_new_run_over_existing_checkpoints(bad_runs):
