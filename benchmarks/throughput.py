@@ -66,7 +66,7 @@ from electra_fn import rng as rnglib
 from electra_fn.config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, ModelConfig, PretrainConfig
 from electra_fn.hf import to_hf_state_dict
 from electra_fn.model import init_params
-from electra_fn.pretrain import (_K_GUMBEL, _K_MASK_KEEP, _K_MASK_POS, init_opt_state,
+from electra_fn.pretrain import (_K_GUMBEL, init_opt_state, mask_noise,
                                  make_train_step, step_key)
 from electra_fn.tree import tree_map
 
@@ -116,11 +116,8 @@ def step_noise(key: torch.Tensor, cfg: PretrainConfig, batch_size: int, seq_len:
                device: torch.device) -> dict:
     """The masking and Gumbel noise that ``electra_forward`` derives from ``key`` (same tags)."""
     P, V = cfg.max_predictions, cfg.model.vocab_size
-    u_key, u_shape = (("position_u_BxP", (batch_size, P)) if cfg.masking == "original"
-                      else ("position_u_BxL", (batch_size, seq_len)))
     return {
-        u_key: rnglib.uniform(rnglib.fold_in(key, _K_MASK_POS), u_shape, device),
-        "keep_u_BxP": rnglib.uniform(rnglib.fold_in(key, _K_MASK_KEEP), (batch_size, P), device),
+        **mask_noise(key, cfg, batch_size, seq_len, device),
         "gumbel_BxPxV": rnglib.gumbel(rnglib.fold_in(key, _K_GUMBEL), (batch_size, P, V), device),
     }
 

@@ -20,23 +20,16 @@ from typing import Callable
 
 import torch
 
-from . import losses, model, pretrain
+from . import losses, masking, model, pretrain
 from . import rng as rnglib
-from .config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, ModelConfig, PretrainConfig
+from .config import ModelConfig, PretrainConfig
 from .data import synthetic
 
 Params = dict
-# Purpose tag folded into an evaluation key for the shuffle (beside pretrain's 0..5).
+# Purpose tag folded into an evaluation key for the shuffle (apart from pretrain's tags).
 _K_SHUFFLE = 101
 # Frequency-rank buckets: the 100 most frequent tokens, the next 900, the next 9,000, the rest.
 FREQ_RANK_EDGES = (100, 1_000, 10_000)
-
-
-def _ordinary(ids_BxL: torch.Tensor) -> torch.Tensor:
-    keep = torch.ones_like(ids_BxL, dtype=torch.bool)
-    for special in (PAD_ID, CLS_ID, SEP_ID, MASK_ID):
-        keep = keep & (ids_BxL != special)
-    return keep
 
 
 def shuffle_tokens(ids_BxL: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -45,7 +38,7 @@ def shuffle_tokens(ids_BxL: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tens
     Returns ``(shuffled_BxL, to_BxL, from_BxL, valid_BxL)``: for slot j with ``valid``, the
     token at natural position ``from[:, j]`` sits at position ``to[:, j]`` of the shuffle."""
     B, L = ids_BxL.shape
-    ordinary_BxL = _ordinary(ids_BxL)
+    ordinary_BxL = masking.candidates(ids_BxL)
     pos_L = torch.arange(L, device=ids_BxL.device, dtype=torch.float32)
     u_BxL = rnglib.uniform(rnglib.fold_in(key, _K_SHUFFLE), (B, L), ids_BxL.device)
     # Ordinary positions first (natural order / random order), then the specials by position.
@@ -72,7 +65,7 @@ def shuffled_context_metrics(params: Params, batch: dict, key: torch.Tensor,
         nat_BxL = model.discriminator_head(params, h_BxLxH).float()
         shuf_BxL = model.discriminator_logits(params, shuffled_BxL, types_BxL, mask_BxL,
                                               cfg).float()
-    states_NxH = h_BxLxH.float()[_ordinary(ids_BxL) & mask_BxL.bool()]
+    states_NxH = h_BxLxH.float()[masking.candidates(ids_BxL) & mask_BxL.bool()]
     w = valid_BxL.to(torch.float32)
     n = w.sum().clamp(min=1.0)
     nat_at_from = torch.gather(nat_BxL, 1, from_BxL)

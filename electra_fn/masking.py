@@ -25,6 +25,15 @@ def max_predictions_for(seq_len: int, mask_prob: float = 0.15) -> int:
 POSITION_RULES = ("original", "distinct")
 
 
+def candidates(input_ids_BxL: torch.Tensor,
+               special_ids: tuple[int, ...] = DEFAULT_SPECIAL_IDS) -> torch.Tensor:
+    """Positions that may be masked (bool [B, L]): every token but the special ones."""
+    keep_BxL = torch.ones_like(input_ids_BxL, dtype=torch.bool)
+    for special in special_ids:
+        keep_BxL = keep_BxL & (input_ids_BxL != special)
+    return keep_BxL
+
+
 def draw_mask_noise(generator: torch.Generator, batch: int, seq_len: int,
                     max_predictions: int, device: torch.device | str | None = None) -> dict:
     """Uniform [0, 1) float32 noise for :func:`mask_batch` under either position rule (draw
@@ -71,9 +80,7 @@ def mask_batch(input_ids_BxL: torch.Tensor, noise: dict, *, max_predictions: int
         raise ValueError(f"noise shapes {tuple(position_u.shape)}, "
                          f"{tuple(keep_u_BxP.shape)} do not match batch ({B}, {L}) and P={P}")
 
-    candidate_BxL = torch.ones_like(input_ids_BxL, dtype=torch.bool)
-    for special in special_ids:
-        candidate_BxL = candidate_BxL & (input_ids_BxL != special)
+    candidate_BxL = candidates(input_ids_BxL, special_ids)
     n_candidates_B = candidate_BxL.sum(-1)
     counted_B = (n_candidates_B if positions == "distinct"
                  else (input_ids_BxL != pad_token_id).sum(-1))

@@ -176,16 +176,24 @@ def electra_forward_parts(params: Params, batch: Batch, key: torch.Tensor, cfg: 
     return loss, metrics, fake, disc_logits_BxL
 
 
+def mask_noise(key: torch.Tensor, cfg: PretrainConfig, batch_size: int, seq_len: int,
+               device: torch.device | str) -> dict:
+    """The masking noise a step with ``key`` draws (:func:`masking.mask_batch`'s ``noise``
+    for ``cfg.masking``)."""
+    P = cfg.max_predictions
+    u_key, u_shape = (("position_u_BxP", (batch_size, P)) if cfg.masking == "original"
+                      else ("position_u_BxL", (batch_size, seq_len)))
+    return {u_key: rnglib.uniform(rnglib.fold_in(key, _K_MASK_POS), u_shape, device),
+            "keep_u_BxP": rnglib.uniform(rnglib.fold_in(key, _K_MASK_KEEP),
+                                         (batch_size, P), device)}
+
+
 def _mask(batch: Batch, key: torch.Tensor, cfg: PretrainConfig) -> dict:
     """The step's masking (masking.mask_batch) with its noise drawn from ``key``."""
     ids_BxL = batch["input_ids"]
     B, Lx = ids_BxL.shape
     P = cfg.max_predictions
-    dev = ids_BxL.device
-    u_key, u_shape = (("position_u_BxP", (B, P)) if cfg.masking == "original"
-                      else ("position_u_BxL", (B, Lx)))
-    noise = {u_key: rnglib.uniform(rnglib.fold_in(key, _K_MASK_POS), u_shape, dev),
-             "keep_u_BxP": rnglib.uniform(rnglib.fold_in(key, _K_MASK_KEEP), (B, P), dev)}
+    noise = mask_noise(key, cfg, B, Lx, ids_BxL.device)
     return masking.mask_batch(ids_BxL, noise, max_predictions=P, mask_prob=cfg.mask_prob,
                               mask_token_id=MASK_ID,
                               special_ids=(PAD_ID, CLS_ID, SEP_ID, MASK_ID),
