@@ -25,13 +25,14 @@ import orjson
 from electra_fn import diagnostics
 from electra_fn.data import synthetic
 
-# name -> (PretrainConfig overrides, with "model" for ModelConfig fields; schedule note).
+# name -> PretrainConfig overrides ("model": ModelConfig fields); the step counts
+# (warmup_steps, total_steps, gen_delay_steps) are given as multiples of the run's length.
 # "original": Adam without bias correction, warmup twice the run and decay over 200 runs,
 # so the run ends halfway up the warmup, as the original's step 5,000 of 10,000.
 VARIANTS: dict[str, dict] = {
     "short-run": {},
     "init-normal": {"model": {"init": "normal"}},
-    "original": {"adam_bias_correction": False, "warmup_steps": "2x", "total_steps": "200x"},
+    "original": {"adam_bias_correction": False, "warmup_steps": 2.0, "total_steps": 200.0},
     "no-context": {"model": {"disc_context": "self"}},
     "gen-1/4": {"model": {"generator_multiplier": 0.25}},
     "gen-1/1": {"model": {"generator_multiplier": 1.0}},
@@ -40,12 +41,12 @@ VARIANTS: dict[str, dict] = {
     "disc-weight-200": {"disc_weight": 200.0},
     "no-dropout": {"model": {"hidden_dropout": 0.0, "attention_dropout": 0.0}},
     "lr-x2.5": {"learning_rate": 5e-3},
-    "warmup-50%": {"warmup_steps": "0.5x"},
+    "warmup-50%": {"warmup_steps": 0.5},
     "temperature-2": {"temperature": 2.0},
     "mix-0.25": {"mix_fraction": 0.25},
     "mix-0.5": {"mix_fraction": 0.5},
-    "gen-delay-20%": {"gen_delay_steps": "0.2x"},
-    "gen-delay-40%": {"gen_delay_steps": "0.4x"},
+    "gen-delay-20%": {"gen_delay_steps": 0.2},
+    "gen-delay-40%": {"gen_delay_steps": 0.4},
 }
 
 
@@ -55,8 +56,8 @@ def variant_config(name: str, steps: int, num_tokens: int, seq_len: int):
         raise SystemExit(f"--variants: unknown variant {name!r}; choose from {sorted(VARIANTS)}")
     over = dict(VARIANTS[name])
     for k in ("warmup_steps", "total_steps", "gen_delay_steps"):
-        if isinstance(over.get(k), str):
-            over[k] = max(1, int(float(over[k].rstrip("x")) * steps))
+        if k in over:
+            over[k] = max(1, int(over[k] * steps))
     return diagnostics.probe_config(num_tokens=num_tokens, seq_len=seq_len, steps=steps, **over)
 
 

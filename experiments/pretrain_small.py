@@ -328,7 +328,7 @@ def eval_line(step: int, e: dict) -> str:
 PROPOSALS = ("uniform", "unigram")
 # The AUC breakdown of electra_fn.diagnostics.breakdown_metrics, with labels.
 CONTEXT_GROUPS = (("top1", "generator's top-1 samples"), ("not_top1", "other samples"),
-                  ("freq0", "sampled token rank < 100"), ("freq1", "rank 100-999"),
+                  ("freq0", "replacing token rank < 100"), ("freq1", "rank 100-999"),
                   ("freq2", "rank 1,000-9,999"), ("freq3", "rank >= 10,000"))
 
 
@@ -339,11 +339,12 @@ def token_counts(data: pdata.PretrainData, vocab_size: int) -> torch.Tensor:
     return torch.from_numpy(counts)
 
 
-def make_proposals(data: pdata.PretrainData, vocab_size: int) -> dict[str, torch.Tensor]:
-    """``uniform`` and ``unigram`` (token frequencies of the training split) log-weights."""
-    return {"uniform": pretrain.proposal_logits("uniform", vocab_size),
-            "unigram": pretrain.proposal_logits("unigram", vocab_size,
-                                                token_counts(data, vocab_size))}
+def make_proposals(counts_V: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``uniform`` and ``unigram`` (from ``counts_V``, the training split's
+    :func:`token_counts`) log-weights."""
+    V = counts_V.shape[0]
+    return {"uniform": pretrain.proposal_logits("uniform", V),
+            "unigram": pretrain.proposal_logits("unigram", V, counts_V)}
 
 
 def make_valid_batches(data: pdata.PretrainData, batch_size: int) -> list[dict]:
@@ -727,10 +728,11 @@ def train(cfg: PretrainConfig, run_info: dict, data, tokenizer, out: Path, devic
 
     if step_fn is None:
         step_fn = make_step_fn(cfg, device, amp, use_compile, use_graph=use_graph, log=log)
-    rank_V = diagnostics.frequency_rank_V(token_counts(data, cfg.model.vocab_size))
+    counts_V = token_counts(data, cfg.model.vocab_size)
     eval_fn = pretrain.make_eval_step(cfg, amp_dtype=amp, device_type=device.type,
-                                      proposals=make_proposals(data, cfg.model.vocab_size),
-                                      extra_metrics=diagnostics.context_metrics(cfg, rank_V))
+                                      proposals=make_proposals(counts_V),
+                                      extra_metrics=diagnostics.context_metrics(
+                                          cfg, diagnostics.frequency_rank_V(counts_V)))
     valid_batches = make_valid_batches(data, cfg.batch_size)
     metrics_path, eval_path = out / "metrics.jsonl", out / "eval.jsonl"
     config_blob = {"pretrain": cfg.to_dict(), "run": run_info}
