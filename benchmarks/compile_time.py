@@ -1,8 +1,8 @@
 """Cold compile time of the pre-training step: plain ``torch.compile`` vs ``electra_fn.compiling``.
 
-    python benchmarks/compile_time.py --layers 1                 # both, ELECTRA-Small with 1 layer
-    python benchmarks/compile_time.py --layers 2 --which threshold,library
-    python benchmarks/compile_time.py --layers 12 --which library --device cuda --dtype bf16
+    python -m benchmarks.compile_time --layers 1                 # both, ELECTRA-Small with 1 layer
+    python -m benchmarks.compile_time --layers 2 --which threshold,library
+    python -m benchmarks.compile_time --layers 12 --which library --device cuda --dtype bf16
 
 Each measurement runs in a fresh subprocess with its own empty Inductor cache directory, so it
 is a cold compile (nothing reused from an earlier run). Prints, per variant, the first call
@@ -19,15 +19,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
+# run with ``python -c``: imports the installed package (``pip install -e .``)
 CHILD = r"""
-import statistics, sys, time, orjson, torch
-sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
+import statistics, time, orjson, torch
+from benchmarks.workload import synthetic_batch
 from electra_fn import compiling, model, pretrain
 from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.tree import tree_map
-import throughput as bench
 which, preset, layers, batch, device, dtype = {args!r}
 device = torch.device(device)
 mcfg = ModelConfig.from_name(preset, num_layers=layers)
@@ -35,7 +33,7 @@ cfg = PretrainConfig(model=mcfg, seq_len=128, batch_size=batch, total_steps=1000
                      warmup_steps=100)
 params = tree_map(lambda t: t.to(device), model.init_params(mcfg, 0))
 opt = pretrain.init_opt_state(params, cfg)
-data = bench.synthetic_batch(cfg, device, seed=1)
+data = synthetic_batch(cfg, device, seed=1)
 amp = torch.bfloat16 if dtype == "bf16" else None
 step = pretrain.make_train_step(cfg, amp_dtype=amp, device_type=device.type)
 if which == "library":
@@ -71,8 +69,7 @@ def measure(which: str, args) -> dict:
         # compile left there (benchmarks/device_session.sh); by default a fresh one per run
         cache = str(args.cache_dir) if args.cache_dir else tmp
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
-        code = CHILD.format(root=str(ROOT), bench=str(ROOT / "benchmarks"),
-                            args=(which, args.preset, args.layers, args.batch_size,
+        code = CHILD.format(args=(which, args.preset, args.layers, args.batch_size,
                                   args.device, args.dtype))
         try:
             proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

@@ -1,6 +1,6 @@
 """Wall time of tokenizing and packing a pre-training corpus, by number of worker processes.
 
-    python benchmarks/data_pipeline.py --corpus 'wiki/train/wiki_en_00[0-2].txt.xz' \\
+    python -m benchmarks.data_pipeline --corpus 'wiki/train/wiki_en_00[0-2].txt.xz' \\
         --num-proc 1,2 --json benchmarks/results/data_pipeline.json
 
 Trains (or reuses, from ``--cache-dir``) the tokenizer first, untimed; then, for each worker
@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from electra_fn.data import pretrain_data as pdata  # noqa: E402
-from electra_fn.data import tokenizer as toklib  # noqa: E402
+from electra_fn.data import pretrain_data as pdata
+from electra_fn.data import tokenizer as toklib
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,7 +82,7 @@ status=0
 L=$(( CHECKS_LIMIT < $(left) ? CHECKS_LIMIT : $(left) ))
 if stage checks; then
     say "== 1. checks $CHECKS (limit ${L}s)"
-    timeout -k 10 "$L" "$PY" benchmarks/gpu_checks.py --device "$DEVICE" --preset "$PRESET" \
+    timeout -k 10 "$L" "$PY" -m benchmarks.gpu_checks --device "$DEVICE" --preset "$PRESET" \
         --checks "$CHECKS" --json "$OUT/checks.json" 2>&1 | tee -a "$LOG"
     rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { say "checks exit $rc"; status=1; }
 fi
@@ -93,7 +93,7 @@ if ! stage bench; then
     :
 elif [ "$L" -ge 60 ]; then
     say "== 2. benchmark $VARIANTS (limit ${L}s)"
-    timeout -k 10 "$L" "$PY" benchmarks/throughput.py --device "$DEVICE" --preset "$PRESET" \
+    timeout -k 10 "$L" "$PY" -m benchmarks.throughput --device "$DEVICE" --preset "$PRESET" \
         --batch-size "$BATCH" --dtype "$DTYPE" --variants "$VARIANTS" --profile \
         --time-limit $(( L - 50 )) --json "$OUT/throughput.json" --md "$OUT/throughput.md" \
         --trace-dir "$WORK/traces" 2>&1 | tee -a "$LOG"
@@ -158,7 +158,7 @@ if ! stage compile; then
     :
 elif [ "$L" -ge "$COMPILE_MIN" ]; then
     say "== 4. cold compile, $PRESET with $LAYERS layers, batch $BATCH, $DTYPE (limit ${L}s)"
-    "$PY" benchmarks/compile_time.py --which library --preset "$PRESET" --layers "$LAYERS" \
+    "$PY" -m benchmarks.compile_time --which library --preset "$PRESET" --layers "$LAYERS" \
         --batch-size "$BATCH" --device "$DEVICE" --dtype "$DTYPE" --timeout "$L" \
         --cache-dir "$TORCHINDUCTOR_CACHE_DIR" --json "$OUT/compile.json" 2>&1 | tee -a "$LOG"
 else

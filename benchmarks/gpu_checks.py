@@ -1,7 +1,7 @@
 """Correctness checks of the pre-training step on an accelerator, before it is timed.
 
-    python benchmarks/gpu_checks.py --device cuda --json checks.json
-    python benchmarks/gpu_checks.py --device cpu --preset tiny        # the same checks on CPU
+    python -m benchmarks.gpu_checks --device cuda --json checks.json
+    python -m benchmarks.gpu_checks --device cpu --preset tiny        # the same checks on CPU
 
 The test suite runs on CPU only; these are the checks that need the device itself:
 
@@ -44,14 +44,12 @@ import torch._dynamo
 import torch._dynamo.testing
 import torch._inductor.config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from electra_fn import compiling, cuda_graph, model, pretrain  # noqa: E402
-from electra_fn import rng as rnglib  # noqa: E402
-from electra_fn.config import ModelConfig, PretrainConfig  # noqa: E402
-from electra_fn.tree import flat_dict, tree_map  # noqa: E402
-import throughput as bench  # noqa: E402
+from benchmarks import hf_peer
+from benchmarks.workload import synthetic_batch
+from electra_fn import compiling, cuda_graph, model, pretrain
+from electra_fn import rng as rnglib
+from electra_fn.config import ModelConfig, PretrainConfig
+from electra_fn.tree import flat_dict, tree_map
 
 
 def _max_diff(a, b) -> float:
@@ -65,7 +63,7 @@ def _setup(args, device):
     cfg = PretrainConfig(model=mcfg, seq_len=args.seq_len, batch_size=args.batch_size,
                          total_steps=1000, warmup_steps=0, learning_rate=5e-4)
     params = tree_map(lambda x: x.to(device), model.init_params(mcfg, args.seed))
-    batch = bench.synthetic_batch(cfg, device, seed=args.seed + 1)
+    batch = synthetic_batch(cfg, device, seed=args.seed + 1)
     return cfg, params, batch
 
 
@@ -145,10 +143,10 @@ def check_hf_parity(args, device) -> dict:
     cfg, params, batch = _setup(args, device)
     cfg = cfg.replace(model=cfg.model.replace(hidden_dropout=0.0, attention_dropout=0.0))
     key = pretrain.step_key(3, 7).to(device)
-    peer = bench.HFPeer(cfg, params, device, dropout=False)
+    peer = hf_peer.HFPeer(cfg, params, device, dropout=False)
     with rnglib.counter_based():
         ours, metrics = pretrain.electra_forward(params, batch, key, cfg, train=False)
-        noise = bench.step_noise(key, cfg, cfg.batch_size, cfg.seq_len, device)
+        noise = hf_peer.step_noise(key, cfg, cfg.batch_size, cfg.seq_len, device)
         theirs, their_metrics = peer.forward_loss(batch, noise)
     diffs = {"loss": abs(float(theirs.detach()) - float(ours)),
              "gen_loss": abs(float(their_metrics["gen_loss"]) - float(metrics["gen_loss"])),

@@ -25,7 +25,7 @@ from .tree import memo_by_structure, tree_flatten, tree_leaves, tree_map, tree_u
 Params = dict
 Batch = dict
 # Purposes folded into a step's key.
-_K_MASK_POS, _K_MASK_KEEP, _K_GEN, _K_GUMBEL, _K_DISC, _K_PROPOSAL, _K_MIX = range(7)
+_K_MASK_POS, _K_MASK_KEEP, _K_GEN, K_GUMBEL, _K_DISC, _K_PROPOSAL, _K_MIX = range(7)
 
 
 def step_key(seed: int, step: int | torch.Tensor) -> torch.Tensor:
@@ -103,7 +103,7 @@ def replaced_batch(params: Params, batch: Batch, key: torch.Tensor, cfg: Pretrai
                                               batch["attention_mask"], mcfg,
                                               positions_BxP=mb["positions_BxP"], key=gen_key)
     # Sampling in float32 with no gradient into the generator (pretrain_helpers.sample_from_softmax).
-    gumbel_BxPxV = rnglib.gumbel(rnglib.fold_in(key, _K_GUMBEL), tuple(gen_logits_BxPxV.shape),
+    gumbel_BxPxV = rnglib.gumbel(rnglib.fold_in(key, K_GUMBEL), tuple(gen_logits_BxPxV.shape),
                                  dev)
     sampled_BxP = sampling.gumbel_sample(gen_logits_BxPxV, gumbel_BxPxV, cfg.temperature)
     if train and cfg.mix_fraction > 0:

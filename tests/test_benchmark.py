@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,26 +12,18 @@ import pytest
 import torch
 from torch.func import grad_and_value
 
+from benchmarks import compile_time, hf_peer
+from benchmarks import throughput as bench
+from benchmarks.workload import synthetic_batch
 from electra_fn import flops as flopslib
 from electra_fn import rng as rnglib
-from electra_fn.config import ModelConfig, PretrainConfig
+from electra_fn.config import CLS_ID, PAD_ID, SEP_ID, ModelConfig, PretrainConfig
 from electra_fn.model import init_params
 from electra_fn.pretrain import electra_forward, init_opt_state, make_train_step, step_key
 
 pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "throughput.py"
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("electra_throughput_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
 
 
 def _cfg(dropout: bool = True, **model_overrides) -> PretrainConfig:
@@ -74,11 +65,11 @@ def test_flops_are_linear_in_batch_and_vocab_positions_only_touch_the_head():
 def test_analytic_flops_match_flop_counter_for_our_step(route, dropout):
     cfg = _cfg(dropout)
     params = init_params(cfg.model, 0)
-    batch = bench.synthetic_batch(cfg, torch.device("cpu"))
+    batch = synthetic_batch(cfg, torch.device("cpu"))
     step = make_train_step(cfg, grad_route=route)
     counted, per_op = bench.counted_flops(
         lambda: step(params, init_opt_state(params), batch, step_key(0, 0)))
-    fused = bench._uses_fused_attention(per_op)
+    fused = bench.uses_fused_attention(per_op)
     analytic = flopslib.electra_step_flops(cfg, attention_recompute=fused)["total"]
     assert abs(counted - analytic) <= 0.05 * analytic, (counted, analytic, per_op)
 
@@ -86,10 +77,10 @@ def test_analytic_flops_match_flop_counter_for_our_step(route, dropout):
 def test_analytic_flops_match_flop_counter_for_the_hf_peer():
     cfg = _cfg()
     params = init_params(cfg.model, 0)
-    batch = bench.synthetic_batch(cfg, torch.device("cpu"))
-    peer = bench.HFPeer(cfg, params, torch.device("cpu"))
+    batch = synthetic_batch(cfg, torch.device("cpu"))
+    peer = hf_peer.HFPeer(cfg, params, torch.device("cpu"))
     counted, per_op = bench.counted_flops(lambda: peer.step(batch, step_key(0, 0)))
-    fused = bench._uses_fused_attention(per_op)
+    fused = bench.uses_fused_attention(per_op)
     analytic = flopslib.train_step_flops(cfg.model, cfg.batch_size, cfg.seq_len, cfg.seq_len,
                                          attention_recompute=fused)["total"]
     assert abs(counted - analytic) <= 0.05 * analytic, (counted, analytic, per_op)
@@ -100,12 +91,12 @@ def test_analytic_flops_match_flop_counter_for_the_hf_peer():
 def test_hf_peer_loss_matches_ours_on_identical_weights_and_noise(backend):
     cfg = _cfg(dropout=False)
     params = init_params(cfg.model, 1)
-    batch = bench.synthetic_batch(cfg, torch.device("cpu"), seed=2)
+    batch = synthetic_batch(cfg, torch.device("cpu"), seed=2)
     key = step_key(3, 7)
-    peer = bench.HFPeer(cfg, params, torch.device("cpu"), dropout=False)
+    peer = hf_peer.HFPeer(cfg, params, torch.device("cpu"), dropout=False)
     with backend[1]():
         ours, metrics = electra_forward(params, batch, key, cfg, train=False)
-        noise = bench.step_noise(key, cfg, cfg.batch_size, cfg.seq_len, torch.device("cpu"))
+        noise = hf_peer.step_noise(key, cfg, cfg.batch_size, cfg.seq_len, torch.device("cpu"))
         theirs, their_metrics = peer.forward_loss(batch, noise)
     assert metrics["masked_tokens"] > 0
     torch.testing.assert_close(theirs.detach(), ours, rtol=1e-4, atol=1e-4)
@@ -118,15 +109,15 @@ def test_hf_peer_loss_matches_ours_on_identical_weights_and_noise(backend):
 def test_hf_peer_shares_embeddings_and_gets_our_gradients():
     cfg = _cfg(dropout=False)
     params = init_params(cfg.model, 4)
-    batch = bench.synthetic_batch(cfg, torch.device("cpu"), seed=5)
+    batch = synthetic_batch(cfg, torch.device("cpu"), seed=5)
     key = step_key(0, 1)
-    peer = bench.HFPeer(cfg, params, torch.device("cpu"), dropout=False)
+    peer = hf_peer.HFPeer(cfg, params, torch.device("cpu"), dropout=False)
     gen, disc = peer.generator, peer.discriminator
     assert gen.electra.embeddings is disc.electra.embeddings
     assert gen.generator_lm_head.weight is disc.electra.embeddings.word_embeddings.weight
     grads, _ = grad_and_value(lambda p: electra_forward(p, batch, key, cfg, train=False),
                               has_aux=True)(params)
-    noise = bench.step_noise(key, cfg, cfg.batch_size, cfg.seq_len, torch.device("cpu"))
+    noise = hf_peer.step_noise(key, cfg, cfg.batch_size, cfg.seq_len, torch.device("cpu"))
     loss, _ = peer.forward_loss(batch, noise)
     loss.backward()
     pairs = [
@@ -146,22 +137,22 @@ def test_hf_peer_shares_embeddings_and_gets_our_gradients():
 def test_first_training_step_losses_agree():
     cfg = _cfg(dropout=False)
     params = init_params(cfg.model, 6)
-    batch = bench.synthetic_batch(cfg, torch.device("cpu"), seed=7)
+    batch = synthetic_batch(cfg, torch.device("cpu"), seed=7)
     key = step_key(1, 0)
     _, _, metrics = make_train_step(cfg)(params, init_opt_state(params), batch, key)
-    peer = bench.HFPeer(cfg, params, torch.device("cpu"), dropout=False)
+    peer = hf_peer.HFPeer(cfg, params, torch.device("cpu"), dropout=False)
     their = peer.step(batch, key)
     torch.testing.assert_close(their["loss"], metrics["loss"], rtol=1e-4, atol=1e-4)
 
 
 def test_synthetic_batch_looks_like_pretraining_data():
     cfg = PretrainConfig(model=ModelConfig.from_name("tiny"), batch_size=40, seq_len=32)
-    b = bench.synthetic_batch(cfg, torch.device("cpu"))
+    b = synthetic_batch(cfg, torch.device("cpu"))
     ids, mask = b["input_ids"], b["attention_mask"]
-    assert (ids[:, 0] == bench.CLS_ID).all()
-    assert ((ids == bench.SEP_ID).sum(-1) == 2).all()
+    assert (ids[:, 0] == CLS_ID).all()
+    assert ((ids == SEP_ID).sum(-1) == 2).all()
     assert (mask.sum(-1) < cfg.seq_len).sum() == 2  # every 20th row is padded
-    assert ((ids == bench.PAD_ID) == (mask == 0)).all()
+    assert ((ids == PAD_ID) == (mask == 0)).all()
     assert b["token_type_ids"].max() == 1
 
 
@@ -174,10 +165,10 @@ def test_unknown_variant_is_rejected():
 def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
     out = tmp_path / "bench.json"
     variants = "ours-func-eager,ours-autograd-eager,hf-eager"
-    cmd = [sys.executable, str(SCRIPT), "--preset", "tiny", "--batch-size", "2", "--seq-len",
-           "32", "--steps", "2", "--warmup", "1", "--rounds", "2", "--variants", variants,
-           "--json", str(out), "--profile", "--trace-dir", str(tmp_path / "traces"),
-           "--peak-seconds", "0.2", "--quiet"]
+    cmd = [sys.executable, "-m", "benchmarks.throughput", "--preset", "tiny", "--batch-size",
+           "2", "--seq-len", "32", "--steps", "2", "--warmup", "1", "--rounds", "2",
+           "--variants", variants, "--json", str(out), "--profile",
+           "--trace-dir", str(tmp_path / "traces"), "--peak-seconds", "0.2", "--quiet"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| variant | ms/step | tokens/s |" in proc.stdout
@@ -208,9 +199,8 @@ def test_gpu_checks_script_runs_its_device_free_check_on_cpu(tmp_path):
     """benchmarks/gpu_checks.py (the device-session checks) on CPU: the HF-parity check passes
     with a tight tolerance and fails with a negative one, and an unknown check is rejected.
     (Its compile checks take many minutes on CPU; the device session runs them on the GPU.)"""
-    script = ROOT / "benchmarks" / "gpu_checks.py"
-    base = [sys.executable, str(script), "--device", "cpu", "--preset", "tiny", "--layers", "1",
-            "--batch-size", "2", "--seq-len", "32"]
+    base = [sys.executable, "-m", "benchmarks.gpu_checks", "--device", "cpu", "--preset", "tiny",
+            "--layers", "1", "--batch-size", "2", "--seq-len", "32"]
     out = tmp_path / "checks.json"
     proc = subprocess.run(base + ["--checks", "hf_parity", "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=240)
@@ -242,18 +232,10 @@ def test_time_limit_stops_building_variants_and_still_reports(tmp_path):
     assert orjson.loads(out.read_bytes())["failures"] == r["failures"]
 
 
-def _compile_time_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compile_time.py"
-    spec = importlib.util.spec_from_file_location("electra_compile_time_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_compile_time_records_a_compile_cut_off_at_its_limit(tmp_path, monkeypatch):
     """A compile still running at --timeout is a result ("not finished after N s") written to
     the JSON, with the cache directory it compiled into; the exit status says it failed."""
-    ct = _compile_time_module()
+    ct = compile_time
     seen = {}
 
     def run(cmd, env, **kw):
@@ -272,3 +254,21 @@ def test_compile_time_records_a_compile_cut_off_at_its_limit(tmp_path, monkeypat
                             "timed_out_s": 7.0}]
     with pytest.raises(SystemExit):
         ct.main(["--which", "library,bogus"])
+
+
+# -- layout -------------------------------------------------------------------------------
+@pytest.mark.parametrize("script", ["throughput", "gpu_checks"])
+def test_benchmark_scripts_run_by_path_too(script):
+    """``python benchmarks/<script>.py`` (not only ``python -m benchmarks.<script>``): its
+    ``from benchmarks import ...`` resolves through the installed package."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--help"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--device" in proc.stdout
+
+
+def test_benchmarks_leave_sys_path_alone():
+    """No benchmark edits ``sys.path`` (itself or in code it runs in a subprocess)."""
+    offenders = [p.name for p in (ROOT / "benchmarks").glob("*.py")
+                 if "sys.path" in p.read_text()]
+    assert offenders == []
