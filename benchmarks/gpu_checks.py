@@ -218,7 +218,7 @@ def check_graph(args, device) -> dict:
             longer = cfg.replace(total_steps=2 * cfg.total_steps)
             orr = dict(orr, schedule=pretrain.schedule_state(longer, device))
             og = dict(og, schedule=pretrain.schedule_state(longer, device))
-        with cuda_graph._capture_mode(fused_rng=backend == "cuda"):  # the same ops, uncaptured
+        with cuda_graph.capture_mode(fused_rng=backend == "cuda"):  # the same ops, uncaptured
             pr, orr, mr = plain(pr, orr, batch, key)
         pg, og, mg = graphed(pg, og, batch, key)
         loss_diff = max(loss_diff, abs(float(mg["loss"]) - float(mr["loss"])))
