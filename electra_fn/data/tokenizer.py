@@ -23,8 +23,8 @@ import orjson
 import sentencepiece as spm
 
 from electra_fn.config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
-from electra_fn.data.pretrain_data import (expand_corpus_paths, file_sha256, read_documents,
-                                           split_sentences)
+from electra_fn.data.corpus import (expand_corpus_paths, file_sha256, read_documents,
+                                    split_sentences)
 
 # Bump when training settings change in a way the cache key does not capture.
 TOKENIZER_TRAIN_VERSION = 1
