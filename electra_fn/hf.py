@@ -3,7 +3,10 @@
 ``transformers`` is never imported here: we read and write its files (``config.json`` and
 ``model.safetensors`` / ``pytorch_model.bin``) directly, so the library stays light.
 ``save_hf`` writes ``<dir>/discriminator`` (``ElectraForPreTraining``) and ``<dir>/generator``
-(``ElectraForMaskedLM``); ``load_hf`` reads either layout back, keeping one shared embedding.
+(``ElectraForMaskedLM``), with the tokenizer files ``AutoTokenizer`` reads when given the
+tokenizer directory; ``save_hf_classifier`` writes a fine-tuned
+``ElectraForSequenceClassification``; ``load_hf`` reads either pre-training layout back,
+keeping one shared embedding.
 """
 
 from __future__ import annotations
@@ -364,23 +367,108 @@ def _leaves(x):
     return list(x.values()) if isinstance(x, dict) else [x]
 
 
+def _export_name(name: str) -> str:
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"save_hf: extra file name {name!r} is not a plain file name")
+    return name
+
+
+def _extra_files(extra_files: dict[str, bytes] | None) -> dict[str, bytes]:
+    """``extra_files`` to write; our legacy ``tokenizer.json`` (which transformers would misread
+    as its own) under its current name ``electra_fn_tokenizer.json``."""
+    out = {}
+    for name, data in (extra_files or {}).items():
+        name = _export_name(name)
+        if name == "tokenizer.json":
+            from .data.tokenizer import SP_CONFIG_FILE, is_own_config
+            if is_own_config(data):
+                name = SP_CONFIG_FILE
+        out[name] = bytes(data)
+    return out
+
+
+def tokenizer_files(tokenizer_dir: str | os.PathLike, cfg: ModelConfig) -> dict[str, bytes]:
+    """The files an export holds for the tokenizer in ``tokenizer_dir``: ours (so that
+    ``load_tokenizer`` reads the export) and those ``transformers.AutoTokenizer`` loads.
+
+    Without the optional ``tokenizers`` package the second set cannot be built for a
+    sentencepiece tokenizer: a warning says so and only ours are returned. Raises ValueError
+    when the tokenizer's vocabulary differs from ``cfg.vocab_size``.
+    """
+    from .data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    if tok.vocab_size != cfg.vocab_size:
+        raise ValueError(f"save_hf: the tokenizer in {tokenizer_dir} has {tok.vocab_size} "
+                         f"tokens but the model's vocab_size is {cfg.vocab_size}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save(tmp)
+        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+    try:
+        files.update(tok.transformers_files(model_max_length=cfg.max_position_embeddings))
+    except ImportError as e:
+        warnings.warn(f"{e}. The export holds only electra_fn's own tokenizer files, which "
+                      "transformers' AutoTokenizer cannot read; install 'tokenizers' and export "
+                      "again to get them.", stacklevel=3)
+    return files
+
+
+def _write_dir(parent: Path, name: str, files: dict[str, bytes]) -> Path:
+    """Write ``files`` into ``parent/name`` via a temporary sibling renamed into place, so a
+    crash never leaves a half-written directory; an existing one is replaced."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an export is ordinary shared data
+        for file_name, data in files.items():
+            (tmp / file_name).write_bytes(data)
+        final = parent / name
+        if final.exists():
+            old = parent / f".{name}-old"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return parent / name
+
+
+def _safetensors_bytes(sd: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    sd = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in sd.items()}
+    return save(sd, metadata={"format": "pt"})
+
+
+def _check_exportable(cfg: ModelConfig, what: str) -> None:
+    if cfg.disc_context != "full":
+        raise ValueError(f"{what}: disc_context={cfg.disc_context!r} has no transformers "
+                         "equivalent (only 'full' can be exported)")
+
+
 def save_hf(params: Params, cfg: ModelConfig, out_dir: str | os.PathLike,
+            tokenizer_dir: str | os.PathLike | None = None, *,
             parts: tuple[str, ...] | None = None, extra_files: dict[str, bytes] | None = None
             ) -> dict[str, Path]:
     """Write ``out_dir/discriminator`` and ``out_dir/generator`` for ``from_pretrained``.
 
-    Each directory is written to a temporary sibling and renamed into place, so a crash never
-    leaves a half-written export. ``extra_files`` (name -> bytes, e.g. the tokenizer) are copied
-    into each directory.
+    With ``tokenizer_dir`` (a directory ``load_tokenizer`` reads) each directory also holds
+    that tokenizer twice over: our files, and the files with which ``AutoTokenizer`` and
+    ``pipeline("fill-mask", model=out_dir/"generator")`` load it and give the same ids
+    (:func:`tokenizer_files`). ``extra_files`` (name -> bytes) are copied in as well, before
+    the tokenizer's files (which win on a shared name). Each directory is written to a
+    temporary sibling and renamed into place, so a crash never leaves a half-written export.
     """
-    from safetensors.torch import save_file
-
-    if cfg.disc_context != "full":
-        raise ValueError(f"save_hf: disc_context={cfg.disc_context!r} has no transformers "
-                         "equivalent (only 'full' can be exported)")
+    _check_exportable(cfg, "save_hf")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     parts = parts or tuple(p for p in (DISCRIMINATOR, GENERATOR) if p in params)
+    shared = _extra_files(extra_files)
+    if tokenizer_dir is not None:
+        shared.update(tokenizer_files(tokenizer_dir, cfg))
     written = {}
     for part in parts:
         if part not in params:
@@ -388,25 +476,90 @@ def save_hf(params: Params, cfg: ModelConfig, out_dir: str | os.PathLike,
         sd = to_hf_state_dict(params, part)
         if part == GENERATOR:
             sd.pop("generator_lm_head.weight")  # tied: transformers restores it on load
-        sd = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in sd.items()}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{part}-", dir=out))
-        try:
-            save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            (tmp / "config.json").write_bytes(orjson.dumps(_hf_config(cfg, part),
-                                                           option=orjson.OPT_INDENT_2))
-            for name, data in (extra_files or {}).items():
-                (tmp / name).write_bytes(data)
-            final = out / part
-            if final.exists():
-                old = out / f".{part}-old"
-                shutil.rmtree(old, ignore_errors=True)
-                final.rename(old)
-                tmp.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        written[part] = out / part
+        files = {**shared, "model.safetensors": _safetensors_bytes(sd),
+                 "config.json": orjson.dumps(_hf_config(cfg, part), option=orjson.OPT_INDENT_2)}
+        written[part] = _write_dir(out, part, files)
     return written
+
+
+# -- fine-tuned classifiers -----------------------------------------------------------------
+def to_hf_classifier_state_dict(ft_params: Params) -> dict[str, torch.Tensor]:
+    """Our fine-tuning tree -> the ``state_dict`` of ``ElectraForSequenceClassification``.
+
+    Our head (the original ELECTRA's) is dropout + one linear layer ``y = W h + b`` on the
+    [CLS] state. transformers' ``ElectraClassificationHead`` is dropout, ``dense`` (H -> H),
+    GELU, dropout, ``out_proj`` (H -> C). Since ``gelu(y) - gelu(-y) = y`` for every ``y``, the
+    head is written as ``dense = [W; -W; 0]`` with bias ``[b; -b; 0]`` and ``out_proj = [I, -I,
+    0]`` with bias 0: in eval mode it computes our logits exactly (up to float32 rounding).
+    It needs ``hidden_size >= 2 * num_labels``. Training this head further in transformers
+    trains that reparametrisation, with a second dropout after the GELU, not our head.
+    """
+    classifier = ft_params["classifier"]
+    W, b = classifier["weight"].detach(), classifier["bias"].detach()
+    C, H = W.shape
+    if 2 * C > H:
+        raise ValueError(f"hidden_size={H} is below 2 * num_labels={2 * C}: the classifier "
+                         "cannot be written as transformers' ElectraClassificationHead")
+    emb = ft_params["embeddings"]
+    sd = {
+        "electra.embeddings.word_embeddings.weight": emb["word"],
+        "electra.embeddings.position_embeddings.weight": emb["position"],
+        "electra.embeddings.token_type_embeddings.weight": emb["token_type"],
+        "electra.embeddings.LayerNorm.weight": emb["layer_norm"]["weight"],
+        "electra.embeddings.LayerNorm.bias": emb["layer_norm"]["bias"],
+    }
+    sd.update(_encoder_to_hf(ft_params["encoder"], "electra."))
+    dense_w = W.new_zeros(H, H)
+    dense_b = b.new_zeros(H)
+    dense_w[:C], dense_w[C:2 * C] = W, -W
+    dense_b[:C], dense_b[C:2 * C] = b, -b
+    eye = torch.eye(C, dtype=W.dtype, device=W.device)
+    out_w = W.new_zeros(C, H)
+    out_w[:, :C], out_w[:, C:2 * C] = eye, -eye
+    sd.update({"classifier.dense.weight": dense_w, "classifier.dense.bias": dense_b,
+               "classifier.out_proj.weight": out_w, "classifier.out_proj.bias": b.new_zeros(C)})
+    return sd
+
+
+def save_hf_classifier(ft_params: Params, cfg: ModelConfig, num_labels: int,
+                       out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
+                       *, id2label: dict[int, str] | list[str] | None = None,
+                       extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write a fine-tuned model (:func:`electra_fn.finetune.init_finetune`'s tree) to
+    ``out_dir`` for ``ElectraForSequenceClassification`` / ``AutoModelForSequenceClassification``
+    ``.from_pretrained``, with the same logits in eval mode.
+
+    ``num_labels == 1`` is regression (STS-B: ``problem_type="regression"``, the score is
+    ``logits[:, 0]``), otherwise single-label classification. The head is rewritten for
+    transformers' (dense + GELU + dense) as :func:`to_hf_classifier_state_dict` explains.
+    ``tokenizer_dir`` and ``extra_files`` as in :func:`save_hf`; written atomically.
+    """
+    _check_exportable(cfg, "save_hf_classifier")
+    if num_labels < 1:
+        raise ValueError(f"save_hf_classifier: num_labels={num_labels} must be >= 1")
+    got = tuple(ft_params["classifier"]["weight"].shape)
+    if got != (num_labels, cfg.hidden_size):
+        raise ValueError(f"save_hf_classifier: classifier weight has shape {got}, expected "
+                         f"({num_labels}, {cfg.hidden_size}) for num_labels={num_labels}")
+    if id2label is None:
+        id2label = [f"LABEL_{i}" for i in range(num_labels)]
+    labels = dict(id2label) if isinstance(id2label, dict) else dict(enumerate(id2label))
+    if sorted(labels) != list(range(num_labels)):
+        raise ValueError(f"save_hf_classifier: id2label needs ids 0..{num_labels - 1}, got "
+                         f"{sorted(labels)}")
+    config = _hf_config(cfg, DISCRIMINATOR) | {
+        "architectures": ["ElectraForSequenceClassification"],
+        "id2label": {str(i): str(labels[i]) for i in range(num_labels)},
+        "label2id": {str(labels[i]): i for i in range(num_labels)},
+        "problem_type": "regression" if num_labels == 1 else "single_label_classification",
+        "classifier_dropout": cfg.hidden_dropout,
+        "tie_word_embeddings": False,
+    }
+    files = _extra_files(extra_files)
+    if tokenizer_dir is not None:
+        files.update(tokenizer_files(tokenizer_dir, cfg))
+    files["model.safetensors"] = _safetensors_bytes(to_hf_classifier_state_dict(ft_params))
+    files["config.json"] = orjson.dumps(config, option=orjson.OPT_INDENT_2)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _write_dir(out.parent, out.name, files)

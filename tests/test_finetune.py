@@ -364,7 +364,8 @@ def checkpoint(tmp_path_factory):
                           log=lambda _: None)
     tok_dir = root / "tokenizer"
     tok.save(str(tok_dir))
-    extra = {n: (tok_dir / n).read_bytes() for n in ("tokenizer.model", "tokenizer.json")}
+    extra = {n: (tok_dir / n).read_bytes()
+             for n in ("tokenizer.model", "electra_fn_tokenizer.json")}
 
     def make(name, vocab_size):
         cfg = TINY.replace(vocab_size=vocab_size)

@@ -1,25 +1,38 @@
 """Parity with Hugging Face ``transformers`` ELECTRA, and the checkpoint import/export.
 
 Reference models: ``ElectraForPreTraining`` (discriminator) and ``ElectraForMaskedLM``
-(generator), float32, eval mode, eager attention, every parameter randomised.
+(generator), float32, eval mode, eager attention, every parameter randomised. Exports are read
+back through the real ``transformers`` classes: ``AutoTokenizer`` (same ids as ours),
+``pipeline("fill-mask")``, ``AutoModel`` and ``ElectraForSequenceClassification``.
 """
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 import warnings
+from pathlib import Path
 
 import orjson
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
+from electra_fn import finetune as FT
 from electra_fn import hf
 from electra_fn import model as M
-from electra_fn.config import ModelConfig
+from electra_fn.config import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID,
+                               ModelConfig)
+from electra_fn.data.glue import Example, encode_examples
+from electra_fn.data.tokenizer import is_own_config, load_tokenizer, train_tokenizer
+from electra_fn.finetune import load_finetune_inputs
 from electra_fn.tree import flat_dict, tree_count, tree_map
 
 transformers = pytest.importorskip("transformers")
-from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining  # noqa: E402
+from transformers import (AutoModel, AutoTokenizer, ElectraConfig,  # noqa: E402
+                          ElectraForMaskedLM, ElectraForPreTraining)
 
 HF_CLASS = {"discriminator": ElectraForPreTraining, "generator": ElectraForMaskedLM}
 OURS = {"discriminator": (M.discriminator_hidden, M.discriminator_logits),
@@ -320,3 +333,236 @@ def test_nonexistent_directory(tmp_path):
     (tmp_path / "empty" / "config.json").write_bytes(b"{}")
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         hf.load_hf(tmp_path / "empty")
+
+
+# -- exports with a tokenizer: AutoTokenizer, pipeline, classifiers -----------------------------
+CORPUS = Path(__file__).parent / "fixtures" / "corpus"
+CORPUS_WORDS = sorted({w for p in sorted(CORPUS.rglob("*.txt"))
+                       for w in p.read_text(encoding="utf-8").split()})
+SPECIAL_IDS = {"pad_token_id": PAD_ID, "unk_token_id": UNK_ID, "cls_token_id": CLS_ID,
+               "sep_token_id": SEP_ID, "mask_token_id": MASK_ID}
+
+
+@pytest.fixture(scope="module", params=[("unigram", True), ("bpe", False)],
+                ids=["unigram-uncased", "bpe-cased"])
+def sp_export(request, tmp_path_factory):
+    """A tiny sentencepiece tokenizer, random tiny params, and their save_hf export."""
+    model_type, lowercase = request.param
+    root = tmp_path_factory.mktemp(f"export-{model_type}")
+    tok = train_tokenizer([str(CORPUS)], 150, str(root / "cache"), model_type=model_type,
+                          lowercase=lowercase, log=lambda _: None)
+    tok.save(str(root / "tokenizer"))
+    cfg = ModelConfig.from_name("tiny").replace(vocab_size=tok.vocab_size)
+    params = random_params(cfg, 7)
+    written = hf.save_hf(params, cfg, root / "hf", tokenizer_dir=root / "tokenizer")
+    return {"tok": tok, "cfg": cfg, "params": params, "root": root, **written}
+
+
+def text_like_corpus():
+    """Text from corpus words with varied case, spacing, punctuation, accents and unknowns."""
+    word = st.one_of(st.sampled_from(CORPUS_WORDS),
+                     st.sampled_from(CORPUS_WORDS).map(str.upper),
+                     st.sampled_from(CORPUS_WORDS).map(str.title),
+                     st.sampled_from(["café", "naïve", "Zürich", unicodedata.normalize(
+                         "NFD", "résumé"), "ﬁne", "１２３", "東京", "🙂", "§", "42", "3.14"]))
+    space = st.sampled_from([" ", " ", " ", "  ", "\t", "\n", "\u00a0", ", ", ". ", "! "])
+    return st.builds(lambda ws, seps, lead, trail: lead + "".join(
+        w + s for w, s in zip(ws, seps))[:None if trail else -1] if ws else lead,
+        st.lists(word, max_size=14), st.lists(space, min_size=14, max_size=14),
+        st.sampled_from(["", " ", "  "]), st.booleans())
+
+
+def test_auto_tokenizer_gives_our_ids(sp_export):
+    tok = sp_export["tok"]
+    for part in ("discriminator", "generator"):
+        theirs = AutoTokenizer.from_pretrained(sp_export[part])
+        for name, value in SPECIAL_IDS.items():
+            assert getattr(theirs, name) == value, (part, name)
+        assert theirs.convert_ids_to_tokens([0, 1, 2, 3, 4]) == list(SPECIAL_TOKENS)
+        assert theirs.model_max_length == sp_export["cfg"].max_position_embeddings
+    assert len(theirs) == tok.vocab_size
+
+    @settings(max_examples=60, deadline=None)
+    @given(text_like_corpus(), text_like_corpus())
+    def check(a, b):
+        ours_a, ours_b = tok.encode(a), tok.encode(b)
+        single = theirs(a)
+        assert single["input_ids"] == [CLS_ID, *ours_a, SEP_ID], a
+        assert single["token_type_ids"] == [0] * (len(ours_a) + 2)
+        assert theirs(a, add_special_tokens=False)["input_ids"] == ours_a
+        if b:  # transformers reads text_pair="" as no second segment
+            pair = theirs(a, b)
+            assert pair["input_ids"] == [CLS_ID, *ours_a, SEP_ID, *ours_b, SEP_ID], (a, b)
+            assert pair["token_type_ids"] == [0] * (len(ours_a) + 2) + [1] * (len(ours_b) + 1)
+
+    check()
+
+
+def test_auto_tokenizer_matches_glue_encoding(sp_export):
+    """[CLS] a [SEP] b [SEP] as the GLUE pipeline builds it, padding with [PAD]."""
+    theirs = AutoTokenizer.from_pretrained(sp_export["discriminator"])
+    examples = [Example("0", "The keeper rowed to the village.", "Bees were kept.", 1),
+                Example("1", "Old apple trees", "the Orchard, in late winter!", 0)]
+    ours = encode_examples(examples, sp_export["tok"], max_len=64)
+    enc = theirs([e.text_a for e in examples], [e.text_b for e in examples], padding=True)
+    for i, (ids, types) in enumerate(zip(ours["input_ids"], ours["token_type_ids"])):
+        n = len(ids)
+        assert enc["input_ids"][i][:n] == ids and enc["token_type_ids"][i][:n] == types
+        assert set(enc["input_ids"][i][n:]) <= {PAD_ID}
+        assert enc["attention_mask"][i] == [1] * n + [0] * (len(enc["attention_mask"][i]) - n)
+
+
+def test_exported_models_match_ours_on_tokenized_text(sp_export):
+    cfg, params = sp_export["cfg"], sp_export["params"]
+    tokenizer = AutoTokenizer.from_pretrained(sp_export["generator"])
+    enc = tokenizer(["The keeper rowed to the village at dawn.", "Apple trees!"],
+                    ["Bees were kept in the orchard.", "The ferry ran"], padding=True,
+                    return_tensors="pt")
+    batch = (enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
+    loaders = {"discriminator": (ElectraForPreTraining, AutoModel),
+               "generator": (ElectraForMaskedLM, AutoModel)}
+    for part, (head_class, base_class) in loaders.items():
+        model = head_class.from_pretrained(sp_export[part], attn_implementation="eager").eval()
+        base = base_class.from_pretrained(sp_export[part], attn_implementation="eager").eval()
+        with torch.no_grad():
+            theirs = hf_outputs(model, batch)
+            base_hidden = base(input_ids=batch[0], token_type_ids=batch[1],
+                               attention_mask=batch[2]).last_hidden_state
+        ours = our_outputs(params, part, batch, cfg)
+        assert_close(ours[0], theirs[0], f"{part} hidden")
+        assert_close(ours[1], theirs[1], f"{part} logits")
+        assert_close(ours[0], base_hidden, f"{part} AutoModel hidden")
+
+
+def test_fill_mask_pipeline_loads_the_generator(sp_export):
+    fill = transformers.pipeline("fill-mask", model=str(sp_export["generator"]))
+    results = fill("The keeper rowed [MASK] to the village.", top_k=3)
+    assert len(results) == 3
+    assert all(0 <= r["token"] < sp_export["cfg"].vocab_size and isinstance(r["sequence"], str)
+               for r in results)
+    # the pipeline's scores are our generator's softmax at the [MASK] position
+    enc = fill.tokenizer("The keeper rowed [MASK] to the village.", return_tensors="pt")
+    at = enc["input_ids"][0].tolist().index(MASK_ID)
+    logits = M.generator_logits(sp_export["params"], enc["input_ids"], enc["token_type_ids"],
+                                enc["attention_mask"], sp_export["cfg"])
+    probs = logits[0, at].softmax(-1)
+    top = probs.topk(3)
+    assert [r["token"] for r in results] == top.indices.tolist()
+    torch.testing.assert_close(torch.tensor([r["score"] for r in results]), top.values,
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_export_keeps_our_tokenizer_loadable(sp_export):
+    """load_tokenizer and fine-tuning read the export directory (ours, not transformers')."""
+    tok = sp_export["tok"]
+    for part in ("discriminator", "generator"):
+        again = load_tokenizer(str(sp_export[part]))
+        assert again.fingerprint == tok.fingerprint and again.lowercase == tok.lowercase
+    params, cfg, tokenizer, info = load_finetune_inputs(sp_export["root"] / "hf")
+    assert tokenizer.fingerprint == tok.fingerprint and cfg.vocab_size == tok.vocab_size
+    assert not is_own_config((sp_export["discriminator"] / "tokenizer.json").read_bytes())
+
+
+def test_legacy_tokenizer_json_in_extra_files_is_renamed(sp_export, tmp_path):
+    """A run directory written before the rename holds our settings as tokenizer.json: passed
+    as extra_files it lands under our new name, never where transformers reads its own."""
+    tok_dir = sp_export["root"] / "tokenizer"
+    legacy = {"tokenizer.model": (tok_dir / "tokenizer.model").read_bytes(),
+              "tokenizer.json": (tok_dir / "electra_fn_tokenizer.json").read_bytes()}
+    cfg = sp_export["cfg"]
+    written = hf.save_hf(sp_export["params"], cfg, tmp_path, extra_files=legacy)
+    names = sorted(p.name for p in written["discriminator"].iterdir())
+    assert "tokenizer.json" not in names and "electra_fn_tokenizer.json" in names
+    assert load_tokenizer(str(written["discriminator"])).fingerprint == \
+        sp_export["tok"].fingerprint
+    with pytest.raises(ValueError, match="plain file name"):
+        hf.save_hf(sp_export["params"], cfg, tmp_path, extra_files={"../x": b""})
+
+
+def test_vocab_mismatch_and_missing_tokenizers_package(sp_export, tmp_path, monkeypatch):
+    params, cfg = sp_export["params"], sp_export["cfg"]
+    tok_dir = sp_export["root"] / "tokenizer"
+    with pytest.raises(ValueError, match="vocab_size"):
+        hf.save_hf(random_params(cfg.replace(vocab_size=cfg.vocab_size + 1), 0),
+                   cfg.replace(vocab_size=cfg.vocab_size + 1), tmp_path / "a", tok_dir)
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # `import tokenizers` fails
+    with pytest.warns(UserWarning, match="pip install"):
+        written = hf.save_hf(params, cfg, tmp_path / "b", tok_dir)
+    assert sorted(p.name for p in written["generator"].iterdir()) == [
+        "config.json", "electra_fn_tokenizer.json", "model.safetensors", "tokenizer.model"]
+
+
+def test_wordpiece_export_loads_as_electra_tokenizer(tmp_path):
+    pytest.importorskip("tokenizers")
+    words = ["the", "keeper", "row", "##ed", "to", "village", ".", ",", "light", "##house",
+             "a", "old", "orchard", "apple", "tree", "##s", "!", "bee", "were", "kept", "in"]
+    lines = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]",
+                                                                "[MASK]"] + words
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tok = load_tokenizer(str(tmp_path / "tok"))
+    cfg = ModelConfig.from_name("tiny").replace(vocab_size=tok.vocab_size)
+    params = random_params(cfg, 3)
+    written = hf.save_hf(params, cfg, tmp_path / "hf", tmp_path / "tok")
+    theirs = AutoTokenizer.from_pretrained(written["discriminator"])
+    assert (theirs.pad_token_id, theirs.unk_token_id, theirs.cls_token_id, theirs.sep_token_id,
+            theirs.mask_token_id) == (0, 100, 101, 102, 103)
+    texts = ["The Keeper rowed to the village.", "Old apple trees, the lighthouse!",
+             "Bees were kept in the orchard", "zebra Café"]
+    for a, b in zip(texts, texts[1:] + texts[:1]):
+        ia, ib = tok.encode(a), tok.encode(b)
+        assert theirs(a, b)["input_ids"] == [101, *ia, 102, *ib, 102]
+        assert theirs(a, b)["token_type_ids"] == [0] * (len(ia) + 2) + [1] * (len(ib) + 1)
+    assert load_tokenizer(str(written["generator"])).fingerprint == tok.fingerprint
+    fill = transformers.pipeline("fill-mask", model=str(written["generator"]))
+    assert len(fill("the keeper [MASK] to the village.", top_k=2)) == 2
+
+
+@pytest.mark.parametrize("num_labels", [3, 2, 1])
+def test_classifier_export_predicts_like_ours(num_labels, sp_export, tmp_path):
+    cfg = sp_export["cfg"]
+    ft = FT.init_finetune(sp_export["params"], cfg, num_labels, seed=num_labels)
+    g = torch.Generator().manual_seed(num_labels)
+    ft["classifier"] = {"weight": ft["classifier"]["weight"] * 20,  # logits far from 0
+                        "bias": torch.randn(num_labels, generator=g)}
+    labels = ["entailment", "neutral", "contradiction"][:num_labels] if num_labels > 1 else None
+    out = hf.save_hf_classifier(ft, cfg, num_labels, tmp_path / "cls",
+                                sp_export["root"] / "tokenizer", id2label=labels)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    enc = tokenizer(["The keeper rowed to the village.", "Apple trees grow old", "Bees!"],
+                    ["Bees were kept.", "The ferry ran", "the orchard in late winter"],
+                    padding=True, return_tensors="pt")
+    ours = FT.classifier_logits_of(ft, dict(enc), cfg, None)
+    for cls in (transformers.ElectraForSequenceClassification,
+                transformers.AutoModelForSequenceClassification):
+        model, info = cls.from_pretrained(out, output_loading_info=True,
+                                          attn_implementation="eager")
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        assert type(model).__name__ == "ElectraForSequenceClassification"
+        model.eval()
+        with torch.no_grad():
+            theirs = model(**enc).logits
+        torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+        if num_labels > 1:
+            assert theirs.argmax(-1).tolist() == ours.argmax(-1).tolist()
+    assert model.config.problem_type == ("regression" if num_labels == 1
+                                         else "single_label_classification")
+    if labels:
+        assert model.config.id2label == dict(enumerate(labels))
+    # the encoder reads back into our tree unchanged
+    back, cfg2 = hf.load_hf(out)
+    assert cfg2.hidden_size == cfg.hidden_size
+    for name, x in flat_dict(ft["encoder"]).items():
+        assert torch.equal(flat_dict(back["discriminator"])[name], x), name
+
+
+def test_classifier_export_rejects_bad_inputs(tiny_cfg, tmp_path):
+    ft = FT.init_finetune(None, tiny_cfg, 3, 0)
+    with pytest.raises(ValueError, match="shape"):
+        hf.save_hf_classifier(ft, tiny_cfg, 2, tmp_path / "a")
+    with pytest.raises(ValueError, match="id2label"):
+        hf.save_hf_classifier(ft, tiny_cfg, 3, tmp_path / "b", id2label={0: "a", 2: "c"})
+    narrow = tiny_cfg.replace(hidden_size=4, num_heads=1, embedding_size=4)
+    with pytest.raises(ValueError, match="2 \\* num_labels"):
+        hf.save_hf_classifier(FT.init_finetune(None, narrow, 3, 0), narrow, 3, tmp_path / "c")
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 import shutil
@@ -11,7 +12,7 @@ import pytest
 
 from electra_fn.config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
 from electra_fn.data.tokenizer import (SentencePieceTokenizer, Tokenizer, WordPieceTokenizer,
-                                       load_tokenizer, train_tokenizer)
+                                       is_own_config, load_tokenizer, train_tokenizer)
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"
 
@@ -96,7 +97,9 @@ def test_vocab_is_capped_to_what_the_corpus_supports(tmp_path, model_type):
 def test_save_load_and_pickle(trained, tmp_path):
     tok, _ = trained
     tok.save(str(tmp_path / "tok"))
-    assert sorted(os.listdir(tmp_path / "tok")) == ["tokenizer.json", "tokenizer.model"]
+    # not tokenizer.json: transformers reads that name as its own fast-tokenizer file
+    assert sorted(os.listdir(tmp_path / "tok")) == ["electra_fn_tokenizer.json",
+                                                     "tokenizer.model"]
     loaded = load_tokenizer(str(tmp_path / "tok"))
     assert isinstance(loaded, SentencePieceTokenizer) and loaded.lowercase
     assert loaded.fingerprint == tok.fingerprint
@@ -104,6 +107,109 @@ def test_save_load_and_pickle(trained, tmp_path):
     assert loaded.encode_batch(texts) == tok.encode_batch(texts)
     unpickled = pickle.loads(pickle.dumps(tok))
     assert unpickled.encode_batch(texts) == tok.encode_batch(texts)
+
+
+def test_directories_with_the_legacy_settings_name_still_load(trained, tmp_path):
+    """Run directories and caches written before the rename hold tokenizer.json (ours)."""
+    tok, _ = trained
+    legacy = tmp_path / "legacy"
+    tok.save(str(legacy))
+    os.rename(legacy / "electra_fn_tokenizer.json", legacy / "tokenizer.json")
+    assert is_own_config((legacy / "tokenizer.json").read_bytes())
+    loaded = load_tokenizer(str(legacy))
+    assert loaded.lowercase and loaded.fingerprint == tok.fingerprint
+    assert loaded.info["corpus_sha256"] == tok.info["corpus_sha256"]
+    # saving again writes the new name and drops the superseded legacy file
+    loaded.save(str(legacy))
+    assert sorted(os.listdir(legacy)) == ["electra_fn_tokenizer.json", "tokenizer.model"]
+
+    # a legacy cache entry is reused, not retrained
+    old_cache = tmp_path / "cache"
+    train_tokenizer([str(CORPUS)], 150, str(old_cache), log=Log())
+    (entry,) = old_cache.glob("tokenizer-*")
+    os.rename(entry / "electra_fn_tokenizer.json", entry / "tokenizer.json")
+    log = Log()
+    again = train_tokenizer([str(CORPUS)], 150, str(old_cache), log=log)
+    assert log.has("reusing cached tokenizer") and again.fingerprint == tok.fingerprint
+
+    # a transformers tokenizer.json beside tokenizer.model is not taken for ours
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    shutil.copy(legacy / "tokenizer.model", theirs / "tokenizer.model")
+    (theirs / "tokenizer.json").write_text('{"version": "1.0", "added_tokens": [], '
+                                           '"model": {"type": "Unigram"}}')
+    assert not is_own_config((theirs / "tokenizer.json").read_bytes())
+    assert not is_own_config(b"not json")
+    assert not load_tokenizer(str(theirs)).lowercase  # no settings found: the default
+
+
+def test_data_modules_import_no_cycle_and_no_private_names():
+    """corpus <- tokenizer, corpus <- pretrain_data: no cycle (TYPE_CHECKING imports count)."""
+    package = Path(__file__).resolve().parent.parent / "electra_fn" / "data"
+    graph = {}
+    for path in package.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__":
+                module = node.module if node.level == 0 else \
+                    "electra_fn.data." * (node.level == 1) + node.module
+                assert not [a.name for a in node.names if a.name.startswith("_")], \
+                    f"{path.name} imports private names from {module}"
+                if module.startswith("electra_fn.data."):
+                    deps.add(module.rsplit(".", 1)[1])
+        graph[path.stem] = deps
+    assert "pretrain_data" not in graph["tokenizer"] and "corpus" in graph["tokenizer"]
+
+    def visit(node, stack):
+        assert node not in stack, f"import cycle: {' -> '.join([*stack, node])}"
+        for dep in graph.get(node, ()):
+            visit(dep, [*stack, node])
+
+    for module in graph:
+        visit(module, [])
+
+
+def _sentencepiece_with_our_specials(vocab_size: int = 200,
+                                     **settings) -> SentencePieceTokenizer:
+    import io
+
+    import sentencepiece as spm
+
+    text = " ".join(p.read_text(encoding="utf-8") for p in sorted(CORPUS.rglob("*.txt")))
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text.split(".")), model_writer=model, vocab_size=vocab_size,
+        hard_vocab_limit=False, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece="[PAD]",
+        unk_piece="[UNK]", control_symbols=["[CLS]", "[SEP]", "[MASK]"], minloglevel=2,
+        **settings)
+    return SentencePieceTokenizer(model.getvalue(), lowercase=False)
+
+
+@pytest.mark.parametrize("settings", [
+    {"add_dummy_prefix": False}, {"add_dummy_prefix": False, "remove_extra_whitespaces": False},
+    {"split_by_whitespace": False}, {"model_type": "bpe", "split_by_whitespace": False}],
+    ids=["no-dummy-prefix", "no-prefix-keep-spaces", "pieces-across-spaces",
+         "bpe-pieces-across-spaces"])
+def test_transformers_tokenizer_json_follows_model_settings(settings):
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = _sentencepiece_with_our_specials(**settings)
+    theirs = tokenizers.Tokenizer.from_str(
+        tok.transformers_files()["tokenizer.json"].decode("utf-8"))
+    texts = ["the keeper rowed", "  The Keeper  rowed ", "a  b", " a", "", "orchard\tapple"]
+    for text in texts:
+        assert theirs.encode(text, add_special_tokens=False).ids == tok.encode(text), text
+        assert theirs.encode(text).ids == [CLS_ID, *tok.encode(text), SEP_ID]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"byte_fallback": True, "vocab_size": 400}, "byte_fallback"),
+    ({"treat_whitespace_as_suffix": True}, "treat_whitespace_as_suffix"),
+    ({"remove_extra_whitespaces": False}, "remove_extra_whitespaces"),
+    ({"user_defined_symbols": ["keeper"]}, "user-defined")])
+def test_transformers_files_refuse_what_tokenizer_json_cannot_express(settings, message):
+    pytest.importorskip("tokenizers")
+    with pytest.raises(ValueError, match=message):
+        _sentencepiece_with_our_specials(**settings).transformers_files()
 
 
 def test_cased_tokenizer_keeps_case(tmp_path):

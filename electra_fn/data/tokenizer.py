@@ -4,6 +4,11 @@ Our sentencepiece models put the specials at fixed ids 0..4 ([PAD] [UNK] [CLS] [
 see ``electra_fn.config``). A trained tokenizer's ``vocab_size`` may be smaller than the size
 asked for (small corpora cannot fill a large unigram vocabulary): the model config must use
 ``tokenizer.vocab_size``, not the requested number.
+
+A sentencepiece tokenizer directory holds ``tokenizer.model`` and ``electra_fn_tokenizer.json``
+(our settings; directories written before it was renamed hold it as ``tokenizer.json``, which
+still loads). ``transformers_files()`` gives the files with which ``transformers.AutoTokenizer``
+reproduces our ids (``hf.save_hf`` writes them next to the weights).
 """
 
 from __future__ import annotations
@@ -28,9 +33,156 @@ from electra_fn.data.corpus import (expand_corpus_paths, file_sha256, read_docum
 
 # Bump when training settings change in a way the cache key does not capture.
 TOKENIZER_TRAIN_VERSION = 1
-SP_MODEL_FILE, SP_CONFIG_FILE = "tokenizer.model", "tokenizer.json"
+SP_MODEL_FILE, SP_CONFIG_FILE = "tokenizer.model", "electra_fn_tokenizer.json"
+# Our settings' former name, which transformers reads as a fast-tokenizer file: still read when
+# its content is ours, never written.
+LEGACY_SP_CONFIG_FILE = "tokenizer.json"
 _VOCAB_TOO_HIGH = re.compile(
     r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+# transformers' names for the files of a fast tokenizer
+HF_TOKENIZER_FILE, HF_TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
+HF_SPECIAL_TOKENS_FILE = "special_tokens_map.json"
+_HF_SPECIAL_NAMES = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
+
+
+def is_own_config(data: bytes) -> bool:
+    """Whether ``data`` is our sentencepiece settings file (not a transformers tokenizer.json)."""
+    try:
+        config = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return (isinstance(config, dict) and config.get("kind") == SentencePieceTokenizer.kind
+            and "model" not in config and "added_tokens" not in config)
+
+
+def sp_config_path(directory: str | os.PathLike) -> Path | None:
+    """Our settings file in ``directory``: ``electra_fn_tokenizer.json``, else a legacy
+    ``tokenizer.json`` whose content is ours; None when there is neither."""
+    path = Path(directory, SP_CONFIG_FILE)
+    if path.is_file():
+        return path
+    legacy = Path(directory, LEGACY_SP_CONFIG_FILE)
+    if legacy.is_file() and is_own_config(legacy.read_bytes()):
+        return legacy
+    return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; tokenizer files are ordinary shared data
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_bytes(obj) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2)
+
+
+# -- the sentencepiece model proto, read without protobuf ----------------------------------
+# Field numbers of sentencepiece_model.proto (ModelProto, TrainerSpec, NormalizerSpec).
+_PIECES, _TRAINER_SPEC, _NORMALIZER_SPEC = 1, 2, 3
+_PIECE_TYPE = 3
+_MODEL_TYPE, _TREAT_WS_AS_SUFFIX, _BYTE_FALLBACK = 3, 24, 35
+_CHARSMAP, _ADD_DUMMY_PREFIX, _REMOVE_EXTRA_WS, _ESCAPE_WS = 2, 3, 4, 5
+_SP_UNIGRAM, _SP_BPE = 1, 2
+_SP_NORMAL, _SP_UNKNOWN, _SP_CONTROL = 1, 2, 3
+
+
+def _proto_fields(buf: bytes):
+    """(field number, value) of each field of a serialized protobuf message: ints for varints,
+    bytes for length-delimited and fixed-width fields."""
+    def varint(i: int) -> tuple[int, int]:
+        result = shift = 0
+        while True:
+            b = buf[i]
+            i += 1
+            result |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return result, i
+
+    i = 0
+    while i < len(buf):
+        key, i = varint(i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = varint(i)
+        elif wire == 2:
+            size, i = varint(i)
+            value, i = bytes(buf[i:i + size]), i + size
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, i = bytes(buf[i:i + size]), i + size
+        else:
+            raise ValueError(f"sentencepiece model: unsupported protobuf wire type {wire}")
+        yield number, value
+
+
+def _sentencepiece_spec(proto: bytes) -> dict:
+    """The settings of a sentencepiece model that decide how it encodes text."""
+    spec = {"piece_types": [], "model_type": _SP_UNIGRAM, "treat_whitespace_as_suffix": 0,
+            "byte_fallback": 0, "charsmap": b"", "add_dummy_prefix": 1,
+            "remove_extra_whitespaces": 1, "escape_whitespaces": 1}
+    for number, value in _proto_fields(proto):
+        if number == _PIECES:
+            spec["piece_types"].append(
+                dict(_proto_fields(value)).get(_PIECE_TYPE, _SP_NORMAL))
+        elif number == _TRAINER_SPEC:
+            fields = dict(_proto_fields(value))
+            for key, field in (("model_type", _MODEL_TYPE), ("byte_fallback", _BYTE_FALLBACK),
+                               ("treat_whitespace_as_suffix", _TREAT_WS_AS_SUFFIX)):
+                spec[key] = fields.get(field, spec[key])
+        elif number == _NORMALIZER_SPEC:
+            fields = dict(_proto_fields(value))
+            for key, field in (("charsmap", _CHARSMAP), ("add_dummy_prefix", _ADD_DUMMY_PREFIX),
+                               ("remove_extra_whitespaces", _REMOVE_EXTRA_WS),
+                               ("escape_whitespaces", _ESCAPE_WS)):
+                spec[key] = fields.get(field, spec[key])
+    return spec
+
+
+def _import_tokenizers():
+    try:
+        import tokenizers
+    except ImportError as e:
+        raise ImportError("writing a tokenizer that transformers loads needs the optional "
+                          "'tokenizers' package: pip install 'electra-fn[wordpiece]'") from e
+    return tokenizers
+
+
+def _hf_pipeline_parts(tk, cls_id: int, sep_id: int):
+    """BERT's post-processor: [CLS] A [SEP] (B [SEP]), token types 0 then 1."""
+    return tk.processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+
+
+def _hf_tokenizer_config(ids: Sequence[int], model_max_length: int | None, **fields) -> dict:
+    config = {**fields, **dict(zip(_HF_SPECIAL_NAMES, SPECIAL_TOKENS)),
+              "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+              "padding_side": "right", "clean_up_tokenization_spaces": False,
+              "added_tokens_decoder": {
+                  str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                           "single_word": False, "special": True}
+                  for i, t in sorted(zip(ids, SPECIAL_TOKENS))}}
+    if model_max_length is not None:
+        config["model_max_length"] = int(model_max_length)
+    return config
+
+
+def _with_specials(tk, tokenizer, cls_id: int, sep_id: int):
+    """``tokenizer`` with BERT's post-processor and our five specials as added tokens."""
+    tokenizer.post_processor = _hf_pipeline_parts(tk, cls_id, sep_id)
+    tokenizer.add_special_tokens([tk.AddedToken(t, special=True, normalized=False)
+                                  for t in SPECIAL_TOKENS])
+    return tokenizer
 
 
 @runtime_checkable
@@ -110,18 +262,90 @@ class SentencePieceTokenizer:
         return self._sp.id_to_piece(int(i))
 
     def save(self, directory: str) -> None:
+        """Write ``tokenizer.model`` and ``electra_fn_tokenizer.json`` (each atomically); a
+        legacy ``tokenizer.json`` of ours there is removed, as this supersedes it."""
         os.makedirs(directory, exist_ok=True)
-        Path(directory, SP_MODEL_FILE).write_bytes(self._proto)
+        _write_atomic(Path(directory, SP_MODEL_FILE), self._proto)
         config = {"kind": self.kind, "lowercase": self.lowercase, "vocab_size": self.vocab_size,
                   "special_tokens": list(SPECIAL_TOKENS), **self.info}
-        Path(directory, SP_CONFIG_FILE).write_bytes(
-            orjson.dumps(config, option=orjson.OPT_INDENT_2))
+        _write_atomic(Path(directory, SP_CONFIG_FILE), _json_bytes(config))
+        legacy = Path(directory, LEGACY_SP_CONFIG_FILE)
+        if legacy.is_file() and is_own_config(legacy.read_bytes()):
+            legacy.unlink()
+
+    def transformers_files(self, model_max_length: int | None = None) -> dict[str, bytes]:
+        """``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` with
+        which ``transformers.AutoTokenizer`` gives ``encode``'s ids, as ``[CLS] A [SEP]`` or
+        ``[CLS] A [SEP] B [SEP]`` with token types 0 / 1 (as our data pipelines build them).
+
+        Needs the optional ``tokenizers`` package (ImportError without it). Two known
+        differences: text that spells a special token ("[MASK]") becomes that token there (as
+        fill-mask needs), where ``encode`` reads its characters; and ``tokenizers``' copy of
+        sentencepiece's normaliser can compose a character carrying several combining marks
+        differently (NFKC first makes ordinary NFC/NFD text agree).
+        """
+        tk = _import_tokenizers()
+        spec = _sentencepiece_spec(self._proto)
+        unsupported = [name for name, bad in (
+            ("treat_whitespace_as_suffix", spec["treat_whitespace_as_suffix"]),
+            ("byte_fallback", spec["byte_fallback"]),
+            ("escape_whitespaces=false", not spec["escape_whitespaces"]),
+            ("add_dummy_prefix but remove_extra_whitespaces=false",  # "▁▁a" for " a"
+             spec["add_dummy_prefix"] and not spec["remove_extra_whitespaces"]),
+            ("a model type other than unigram or bpe",
+             spec["model_type"] not in (_SP_UNIGRAM, _SP_BPE)),
+            ("user-defined, byte or unused pieces", any(
+                t not in (_SP_NORMAL, _SP_UNKNOWN, _SP_CONTROL) for t in spec["piece_types"])),
+        ) if bad]
+        if unsupported:
+            raise ValueError(f"sentencepiece model with {', '.join(unsupported)}: no "
+                             "tokenizer.json equivalent is written for it")
+        pieces = [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
+        normal = [i for i, t in enumerate(spec["piece_types"]) if t == _SP_NORMAL]
+        if spec["model_type"] == _SP_UNIGRAM:
+            model = tk.models.Unigram([(p, self._sp.get_score(i)) for i, p in enumerate(pieces)],
+                                      unk_id=self.unk_id, byte_fallback=False)
+        else:
+            # sentencepiece BPE merges the adjacent pair whose union has the highest score
+            # (leftmost first): every split of every normal piece is a merge, ranked so.
+            vocab = {p: i for i, p in enumerate(pieces)}
+            ranked = sorted((-self._sp.get_score(i), i, k, pieces[i][:k], pieces[i][k:])
+                            for i in normal for k in range(1, len(pieces[i]))
+                            if pieces[i][:k] in vocab and pieces[i][k:] in vocab)
+            model = tk.models.BPE(vocab, [(a, b) for *_, a, b in ranked],
+                                  unk_token=SPECIAL_TOKENS[self.unk_id], fuse_unk=True,
+                                  byte_fallback=False)
+        tokenizer = tk.Tokenizer(model)
+        norms = [tk.normalizers.Lowercase()] if self.lowercase else []  # as encode_batch
+        norms.append(tk.normalizers.NFKC())  # see the docstring
+        if spec["charsmap"]:
+            norms.append(tk.normalizers.Precompiled(spec["charsmap"]))
+        if spec["remove_extra_whitespaces"]:
+            norms += [tk.normalizers.Replace(tk.Regex(" {2,}"), " "),
+                      tk.normalizers.Replace(tk.Regex("^ | $"), "")]
+        tokenizer.normalizer = tk.normalizers.Sequence(norms)
+        # Splitting at spaces changes nothing unless a piece has a space inside.
+        split = not any("\u2581" in pieces[i][1:] for i in normal)
+        scheme = "always" if spec["add_dummy_prefix"] else "never"
+        tokenizer.pre_tokenizer = tk.pre_tokenizers.Metaspace(prepend_scheme=scheme,
+                                                              split=split)
+        tokenizer.decoder = tk.decoders.Metaspace(prepend_scheme=scheme, split=split)
+        _with_specials(tk, tokenizer, self.cls_id, self.sep_id)
+        ids = (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
+        config = _hf_tokenizer_config(ids, model_max_length,
+                                      tokenizer_class="PreTrainedTokenizerFast",
+                                      do_lower_case=self.lowercase)
+        return {HF_TOKENIZER_FILE: tokenizer.to_str().encode("utf-8"),
+                HF_TOKENIZER_CONFIG_FILE: _json_bytes(config),
+                HF_SPECIAL_TOKENS_FILE: _json_bytes(dict(zip(_HF_SPECIAL_NAMES,
+                                                             SPECIAL_TOKENS)))}
 
     @classmethod
     def load(cls, directory: str) -> SentencePieceTokenizer:
-        """Read ``tokenizer.model`` and ``tokenizer.json`` (without it, lowercase=False)."""
-        config_path = Path(directory, SP_CONFIG_FILE)
-        config = orjson.loads(config_path.read_bytes()) if config_path.is_file() else {}
+        """Read ``tokenizer.model`` and our settings (``electra_fn_tokenizer.json``, or a legacy
+        ``tokenizer.json`` of ours; without either, lowercase=False)."""
+        config_path = sp_config_path(directory)
+        config = orjson.loads(config_path.read_bytes()) if config_path is not None else {}
         info = {k: v for k, v in config.items()
                 if k not in ("kind", "lowercase", "vocab_size", "special_tokens")}
         return cls(Path(directory, SP_MODEL_FILE).read_bytes(),
@@ -180,12 +404,31 @@ class WordPieceTokenizer:
                                 skip_special_tokens=False)
 
     def save(self, directory: str) -> None:
+        """Write ``vocab.txt`` and ``tokenizer_config.json`` (``do_lower_case``), atomically."""
         os.makedirs(directory, exist_ok=True)
         target = Path(directory, "vocab.txt")
         if not (target.exists() and os.path.samefile(target, self.vocab_file)):
-            shutil.copyfile(self.vocab_file, target)
-        Path(directory, "tokenizer_config.json").write_bytes(
-            orjson.dumps({"do_lower_case": self.lowercase}, option=orjson.OPT_INDENT_2))
+            _write_atomic(target, Path(self.vocab_file).read_bytes())
+        _write_atomic(Path(directory, HF_TOKENIZER_CONFIG_FILE),
+                      _json_bytes({"do_lower_case": self.lowercase}))
+
+    def transformers_files(self, model_max_length: int | None = None) -> dict[str, bytes]:
+        """``vocab.txt``, ``tokenizer.json``, ``tokenizer_config.json`` (``ElectraTokenizer``)
+        and ``special_tokens_map.json``: ``transformers.AutoTokenizer`` then gives ``encode``'s
+        ids inside ``[CLS] A [SEP] (B [SEP])``; text spelling a special token ("[MASK]")
+        becomes that token there, where ``encode`` reads its characters."""
+        tk = _import_tokenizers()
+        tokenizer = _with_specials(tk, tk.Tokenizer.from_str(self._tok.to_str()), self.cls_id,
+                                   self.sep_id)
+        ids = (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
+        config = _hf_tokenizer_config(ids, model_max_length, tokenizer_class="ElectraTokenizer",
+                                      do_lower_case=self.lowercase, strip_accents=None,
+                                      tokenize_chinese_chars=True)
+        return {"vocab.txt": Path(self.vocab_file).read_bytes(),
+                HF_TOKENIZER_FILE: tokenizer.to_str().encode("utf-8"),
+                HF_TOKENIZER_CONFIG_FILE: _json_bytes(config),
+                HF_SPECIAL_TOKENS_FILE: _json_bytes(dict(zip(_HF_SPECIAL_NAMES,
+                                                             SPECIAL_TOKENS)))}
 
     @classmethod
     def load(cls, directory: str) -> WordPieceTokenizer:
@@ -268,7 +511,7 @@ def train_tokenizer(corpus_paths: str | Sequence[str], vocab_size: int, cache_di
                 "lowercase": lowercase, "max_sentences": max_sentences, "seed": seed}
     digest = hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
     final = Path(cache_dir, f"tokenizer-{digest}")
-    if (final / SP_MODEL_FILE).is_file() and (final / SP_CONFIG_FILE).is_file():
+    if (final / SP_MODEL_FILE).is_file() and sp_config_path(final) is not None:
         log(f"reusing cached tokenizer {final}")
         return SentencePieceTokenizer.load(str(final))
 
