@@ -50,13 +50,13 @@ def _one_mode(args) -> dict:
     for width in (int(w) for w in args.widths.split(",")):
         b = batch(width)
         t0 = time.perf_counter()
-        params, state, m = step(params, state, b, FT.finetune_key(0, 0))
+        params, state, m = step(params, state, b, FT.step_key(0, 0))
         m["loss"].item()
         first[str(width)] = time.perf_counter() - t0
         times = []
         for i in range(args.steps):
             t0 = time.perf_counter()
-            params, state, m = step(params, state, b, FT.finetune_key(0, i + 1))
+            params, state, m = step(params, state, b, FT.step_key(0, i + 1))
             m["loss"].item()
             times.append(time.perf_counter() - t0)
         times.sort()

@@ -65,11 +65,11 @@ def main() -> None:
                                  pad_to_multiple_of=FT.pad_multiple_for(args.compile))
         keep = ("input_ids", "token_type_ids", "attention_mask", "labels")
         warm = {k: batches[0][k] for k in keep}
-        params, state, m = step(params, state, warm, FT.finetune_key(0, 0))  # warm-up
+        params, state, m = step(params, state, warm, FT.step_key(0, 0))  # warm-up
         t0 = time.perf_counter()
         for i, b in enumerate(batches):
             params, state, m = step(params, state, {k: b[k] for k in keep},
-                                    FT.finetune_key(0, i + 1))
+                                    FT.step_key(0, i + 1))
         m["loss"].item()
         train_s = time.perf_counter() - t0
         dev = FT.subsample(splits[spec.dev_splits[0]], args.eval_rows)

@@ -1,24 +1,14 @@
 """``torch.compile`` for functions that draw counter-based noise (dropout, masking, sampling).
 
-The compiled noise of :mod:`electra_fn.rng` is an integer hash, ``x ^ (x >> s)`` three times
-per round, two rounds. Inductor keeps such pointwise chains unmaterialised and inlines them
-into every consumer, re-lowering each operand for each use, so the lowering work grows
-steeply with the chain's depth: with Inductor's default ``realize_opcount_threshold`` (30)
-one dropout site costs seconds of compile time, and the ELECTRA-Small training step (about
-75 sites, forward and backward) was still compiling after 220 s on an H200 machine.
-Realising pointwise buffers above 16 ops keeps the numerics (integer hashing is exact) and
-makes compilation several times faster without slowing the compiled step (2-core CPU: six
-dropout sites forward and backward 42 s -> 8 s; the 12-layer ELECTRA-Small step cold 1,325 s
--> 532 s, then 219 vs 197 ms per step; ``benchmarks/compile_time.py`` measures it).
-
-The second option caps the pairs Inductor's scheduler tries within one group of nodes that
-read a common buffer (``max_fusion_buffer_group_pairwise_attempts``, default 64, here 4). In
-the training step every parameter's update reads the same few scalars (learning rate,
-clipping factor, the skip-on-non-finite flag), so those groups hold every update node and the
-scheduler scored ~64 candidate pairs for each, in a step of ~200 leaves: most of its fusion
-time (2-layer step, 2-core CPU: scheduler 40 s -> 10 s, compile 127 s -> 94 s). The pairs it
-no longer tries are horizontal fusions of different leaves' updates; a leaf's own chain
-(producer into consumer) is found through that leaf's buffers.
+The compiled noise of :mod:`electra_fn.rng` is an integer hash (``x ^ (x >> s)`` three times a
+round, two rounds). Inductor keeps such pointwise chains unmaterialised and inlines them into
+every consumer, so its lowering work grows steeply with the chain's depth; realising pointwise
+buffers above 16 ops keeps the numerics (integer hashing is exact) and compiles several times
+faster. The second option caps the fusion pairs Inductor's scheduler tries within a group of
+nodes that read a common buffer (default 64, here 4): every parameter update of the training
+step reads the same few scalars, so those groups hold every update node and most of the fusion
+time went there; the pairs no longer tried are horizontal fusions of different leaves' updates.
+Measured in records/2026-11-27_cpu-compile-time (``benchmarks/compile_time.py``).
 
 ``compile(fn, mode=...)`` is ``torch.compile(fn, fullgraph=True)`` with these options merged
 into the mode's own (``None``/"default", "reduce-overhead", "max-autotune", ...), scoped to
@@ -53,8 +43,8 @@ def inductor_options(mode: str | None = None, dynamic: bool | None = None) -> di
 # Why compiled training steps are refused on CUDA (checked by the experiments' CLIs).
 CUDA_REFUSED = (
     "the compiled training step is refused on CUDA: on an NVIDIA H200 (torch 2.11) it "
-    "disagreed with the eager step, loss off by 5.8e7 after two float32 steps (benchmarks/"
-    "results/h200-2026-11-27c/checks-compiled.json; the same check passes on the CPU), so its "
+    "disagreed with the eager step, loss off by 5.8e7 after two float32 steps (records/"
+    "2026-11-27_h200-session3/checks-compiled.json; the same check passes on the CPU), so its "
     "numbers cannot be trusted there until that is found. On a GPU the default step, the eager "
     "step captured as a CUDA graph, is checked against the eager step and needs no compile")
 

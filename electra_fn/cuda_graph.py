@@ -20,7 +20,7 @@ at capture; a call with different ones raises ``ValueError``.
 While warming up and capturing, the step draws its noise from the counter-based generator
 (:func:`electra_fn.rng.counter_based`, the numbers a compiled step draws, with the hash in one
 compiled kernel per draw on CUDA), since the eager generator reads the key on the host, and
-:func:`capturing` is true, which makes the step check for a non-finite loss with ``where``
+:func:`electra_fn.runtime.capturing` is true, which makes the step check for a non-finite loss with ``where``
 rather than a host read (no CPU-GPU synchronisation may happen inside a capture).
 
 ``backend="replay"`` runs the same buffer logic without CUDA (capture = the first call,
@@ -36,34 +36,15 @@ from typing import Callable
 import torch
 
 from . import rng as rnglib
+from . import runtime
 from .tree import tree_flatten, tree_unflatten
 
-_CAPTURING = [False]
-
-
-def capturing() -> bool:
-    """True while :func:`graph_step` warms up or captures a step (or a CUDA stream is
-    capturing): the step must not read device values on the host."""
-    if _CAPTURING[0]:
-        return True
-    if torch.compiler.is_compiling():  # a compiled step is one graph already (and dynamo
-        return False                    # cannot trace the stream query)
-    return _cuda_stream_capturing()
-
-
-def _cuda_stream_capturing() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
 @contextlib.contextmanager
-def _capture_mode(fused_rng: bool):
-    old = _CAPTURING[0]
-    _CAPTURING[0] = True
-    try:
-        with rnglib.counter_based(fused=fused_rng):
-            yield
-    finally:
-        _CAPTURING[0] = old
+def capture_mode(fused_rng: bool):
+    """The mode a step is warmed up and captured in: :func:`runtime.capturing` is true and the
+    noise comes from the counter-based generator (fused into one kernel if ``fused_rng``)."""
+    with runtime.capture_flag(), rnglib.counter_based(fused=fused_rng):
+        yield
 
 
 def _signature(leaves: list, spec) -> tuple:
@@ -117,7 +98,7 @@ class GraphedStep:
                 torch._foreach_copy_([s for s, _ in pairs], [o for _, o in pairs])
             return metrics
 
-        with _capture_mode(self.fused_rng):
+        with capture_mode(self.fused_rng):
             if self.backend == "cuda":
                 side = torch.cuda.Stream(device=dev)
                 side.wait_stream(torch.cuda.current_stream(dev))
@@ -133,7 +114,7 @@ class GraphedStep:
                 self._replay = graph.replay
             else:
                 def replay():
-                    with _capture_mode(self.fused_rng):
+                    with capture_mode(self.fused_rng):
                         self._metrics = capture_body()
                 self._replay = replay
         self._static, self._spec = static, spec
@@ -143,7 +124,7 @@ class GraphedStep:
     # -- call --------------------------------------------------------------------------------
     def __call__(self, params, opt_state, batch, key):
         if self.capture_error is not None:  # capture failed: the same step, not captured
-            with _capture_mode(self.fused_rng):
+            with capture_mode(self.fused_rng):
                 return self.step_fn(params, opt_state, batch, key)
         leaves, spec = tree_flatten((params, opt_state, batch, key))
         if self._static is None:

@@ -5,7 +5,7 @@
 MSE on ``logits[:, 0]`` for STS-B), global-norm clipping, and the original's AdamW with
 layer-wise learning-rate decay (optimization._get_layer_lrs) under its polynomial schedule with
 linear warmup. The learning rate comes from ``opt_state["step"]`` (a 0-d tensor) and dropout from
-``key`` (a 0-d int64 tensor, :func:`finetune_key`), so the step compiles once per batch shape
+``key`` (a 0-d int64 tensor, :func:`electra_fn.rng.step_key`), so the step compiles once per batch shape
 (eager and compiled runs agree inside ``rng.counter_based()``; otherwise they draw different
 dropout streams, see :mod:`electra_fn.rng`). ``run_seed`` / ``summarize_seeds`` /
 ``results_markdown`` are what ``experiments/finetune_glue.py`` is made of.
@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from . import compiling, losses, model, optim
-from . import rng as rnglib
+from .rng import step_key
 from .config import FinetuneConfig, ModelConfig
 from .data.glue import EncodedSplit, TaskSpec, bucket_batches, get_task
 from .hf import CheckpointError, load_hf
 from .metrics import glue_score, main_metric, task_metrics
-from .pretrain import _autocast, grad_fn, grad_route_for, init_opt_state
+from .pretrain import grad_fn, grad_route_for, init_opt_state
+from .runtime import autocast
 from .tree import memo_by_structure, tree_leaves, tree_map
 
 Params = dict
@@ -64,11 +65,6 @@ def init_finetune(params: Params | None, cfg: ModelConfig, num_labels: int, seed
 def init_finetune_state(ft_params: Params) -> dict:
     """``{"adam": zero moments, "step": 0-d int64}``."""
     return init_opt_state(ft_params)
-
-
-def finetune_key(seed: int, step: int | torch.Tensor) -> torch.Tensor:
-    """Dropout key of fine-tuning step ``step`` of seed ``seed`` (a CPU 0-d int64 tensor)."""
-    return rnglib.fold_in(rnglib.key(seed), step)
 
 
 def num_warmup_steps(total_steps: int, warmup_fraction: float) -> int:
@@ -128,7 +124,7 @@ def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_label
     warmup = num_warmup_steps(total_steps, ft_cfg.warmup_fraction)
 
     def loss_fn(ft_params, batch, key):
-        with _autocast(amp_dtype, device_type):
+        with autocast(amp_dtype, device_type):
             return task_loss(ft_params, batch, key, model_cfg, is_regression)
 
     grads_of = grad_fn(loss_fn, grad_route)
@@ -162,7 +158,7 @@ def make_predict(model_cfg: ModelConfig, *, amp_dtype: torch.dtype | None = None
     grad), under autocast when ``amp_dtype`` is given."""
 
     def predict(ft_params: Params, batch: Batch) -> torch.Tensor:
-        with torch.no_grad(), _autocast(amp_dtype, device_type):
+        with torch.no_grad(), autocast(amp_dtype, device_type):
             return classifier_logits_of(ft_params, batch, model_cfg, None).float()
 
     return predict
@@ -206,11 +202,9 @@ def cached_predict(model_cfg: ModelConfig, mode: CompileMode,
 
 
 def default_compile_mode(device: str | torch.device) -> CompileMode:
-    """Eager on every device. On CPU measured (benchmarks/finetune_compile.py): inductor's
-    compile takes longer than it saves at GLUE sizes, and static shapes would compile once per
-    padded width (up to 2 * max_len / 8 graphs). On a GPU the compiled step is unmeasured, and
-    the compile of the (larger) pre-training step had not finished after six minutes on an
-    H200, longer than a GLUE task's fine-tuning there; ``--compile static|dynamic`` opts in."""
+    """Eager on every device: on a CPU inductor's compile takes longer than it saves at GLUE
+    sizes (``benchmarks/finetune_compile.py``), and on a GPU the compile is unmeasured and the
+    larger pre-training step's took minutes; ``--compile static|dynamic`` opts in."""
     return "eager"
 
 
@@ -224,7 +218,8 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: batch[k].to(device, non_blocking=True) for k in keep if k in batch}
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+def batches_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Batches per fine-tuning epoch, the last one partial."""
     return -(-num_examples // batch_size)
 
 
@@ -289,20 +284,19 @@ def train(ft_params: Params, train_split: EncodedSplit, model_cfg: ModelConfig,
     spec = get_task(task)
     device = torch.device(device)
     epochs = ft_cfg.num_epochs(spec.num_epochs)
-    per_epoch = steps_per_epoch(len(train_split), ft_cfg.batch_size)
+    per_epoch = batches_per_epoch(len(train_split), ft_cfg.batch_size)
     total = epochs * per_epoch
     if total == 0:
         raise ValueError(f"{spec.name}: empty training split {train_split.path}")
     step_fn = cached_step(model_cfg, ft_cfg, spec.num_labels, spec.is_regression, total,
                           compile_mode, amp_dtype, device.type)
     opt_state = init_finetune_state(ft_params)
-    base_key = rnglib.key(seed)  # keys stay on the CPU (electra_fn.rng)
     losses_seen: list[torch.Tensor] = []
     step = 0
     for epoch in range(epochs):
         for batch in bucket_batches(train_split, ft_cfg.batch_size, shuffle=True, seed=seed,
                                     epoch=epoch, pad_to_multiple_of=pad_multiple_for(compile_mode)):
-            key = rnglib.fold_in(base_key, step)
+            key = step_key(seed, step)  # keys stay on the CPU (electra_fn.rng)
             ft_params, opt_state, metrics = step_fn(ft_params, opt_state,
                                                     _to_device(batch, device), key)
             losses_seen.append(metrics["loss"])
@@ -533,10 +527,10 @@ def aggregate_results(task: str, seed_runs: list[dict]) -> dict:
 
 __all__ = [
     "FinetuneInputError", "PUBLISHED_SMALL_OWT", "PAPER_TASKS", "COMPILE_MODES",
-    "init_finetune", "init_finetune_state", "finetune_key", "num_warmup_steps",
+    "init_finetune", "init_finetune_state", "step_key", "num_warmup_steps",
     "finetune_lr_scales", "task_loss", "make_finetune_step", "make_predict", "compile_fn",
     "cached_step", "cached_predict", "default_compile_mode", "pad_multiple_for",
-    "steps_per_epoch", "subsample", "predict_split", "evaluate", "train", "run_seed",
+    "batches_per_epoch", "subsample", "predict_split", "evaluate", "train", "run_seed",
     "summarize_seeds", "best_seed_index", "results_markdown", "resolve_checkpoint",
     "tokenizer_file", "load_finetune_inputs", "max_len_for", "aggregate_results",
     "write_submission", "collect_results",

@@ -114,7 +114,7 @@ def pearson(predictions: ArrayLike, labels: ArrayLike) -> float:
     return _correlation(p, y)
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
+def average_ranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks, ties sharing the average of their positions (scipy.stats.rankdata 'average')."""
     _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     starts = np.cumsum(counts) - counts
@@ -126,7 +126,7 @@ def spearman(predictions: ArrayLike, labels: ArrayLike) -> float:
     p, y = _pair(predictions, labels, dtype=np.float64)
     if np.isnan(p).any() or np.isnan(y).any():
         return float("nan")
-    return _correlation(_average_ranks(p), _average_ranks(y))
+    return _correlation(average_ranks(p), average_ranks(y))
 
 
 _METRIC_FNS = {

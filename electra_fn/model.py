@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import cuda_graph
 from . import layers as L
 from . import rng as rnglib
+from . import runtime
 from .config import EncoderConfig, ModelConfig
 
 Params = dict
@@ -93,7 +93,7 @@ def _lookup(table_VxE: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     ``index_select`` (its backward is an atomic ``index_add``): the CUDA backward of
     ``F.embedding`` sorts and reads a count on the host beyond 3,072 indices, which a capture
     forbids (pytorch/pytorch#82886). Otherwise ``F.embedding`` (deterministic on CUDA)."""
-    if cuda_graph.capturing():
+    if runtime.capturing():
         return table_VxE.index_select(0, ids.reshape(-1)).reshape(*ids.shape, -1)
     return F.embedding(ids, table_VxE)
 

@@ -11,14 +11,14 @@ The learning rate is computed from ``opt_state["step"]`` (a 0-d tensor) and, whe
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch
 from torch.func import grad_and_value
 
-from . import cuda_graph, losses, masking, model, optim, sampling
+from . import losses, masking, model, optim, runtime, sampling
 from . import rng as rnglib
+from .rng import step_key  # noqa: F401 (re-exported as pretrain.step_key)
 from .config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, PretrainConfig
 from .tree import memo_by_structure, tree_flatten, tree_leaves, tree_map, tree_unflatten
 
@@ -26,11 +26,6 @@ Params = dict
 Batch = dict
 # Purposes folded into a step's key.
 _K_MASK_POS, _K_MASK_KEEP, _K_GEN, K_GUMBEL, _K_DISC, _K_PROPOSAL, _K_MIX = range(7)
-
-
-def step_key(seed: int, step: int | torch.Tensor) -> torch.Tensor:
-    """The key of training step ``step`` of a run seeded with ``seed`` (a CPU 0-d tensor)."""
-    return rnglib.fold_in(rnglib.key(seed), step)
 
 
 def schedule_state(cfg: PretrainConfig, device: torch.device | str | None = None) -> dict:
@@ -49,19 +44,13 @@ def schedule_state(cfg: PretrainConfig, device: torch.device | str | None = None
             "bias_correction": t(1.0 if cfg.adam_bias_correction else 0.0)}
 
 
-def _traced() -> bool:
-    """Compiling or capturing a CUDA graph: the step must not read device values on the host
-    (branch on them with ``where`` instead)."""
-    return torch.compiler.is_compiling() or cuda_graph.capturing()
-
-
 def _bias_correction_step(flag: torch.Tensor, step: torch.Tensor) -> torch.Tensor | None:
     """Adam's bias-correction step t (``step + 1``) where ``flag`` is set, else none.
 
     As data (compiled, or on a device where reading the flag would wait for it): t = inf when
     unset, where 1 - b^t is exactly 1 and the corrected update equals the original's bit for
     bit. Eagerly on the CPU the flag is read and the uncorrected step skips the correction."""
-    if _traced() or flag.device.type != "cpu":
+    if runtime.traced() or flag.device.type != "cpu":
         return torch.where(flag > 0, (step + 1).to(torch.float32), float("inf"))
     return step + 1 if bool(flag > 0) else None
 
@@ -78,12 +67,6 @@ def init_opt_state(params: Params, cfg: PretrainConfig | None = None) -> dict:
     return state
 
 
-def _autocast(cfg_dtype: torch.dtype | None, device_type: str):
-    if cfg_dtype is None or cfg_dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=cfg_dtype)
-
-
 def replaced_batch(params: Params, batch: Batch, key: torch.Tensor, cfg: PretrainConfig,
                    train: bool = True, mix_logits_V: torch.Tensor | None = None) -> dict:
     """Mask, run the generator and sample its replacements: the discriminator's input.
@@ -96,7 +79,7 @@ def replaced_batch(params: Params, batch: Batch, key: torch.Tensor, cfg: Pretrai
     (``train=False``) always scores the generator's own samples."""
     mcfg = cfg.model
     dev = batch["input_ids"].device
-    mb = _mask(batch, key, cfg)
+    mb = masked_batch(batch, key, cfg)
     gen_key = rnglib.fold_in(key, _K_GEN) if train else None
     gen_logits_BxPxV = model.generator_logits(params, mb["masked_ids_BxL"],
                                               batch.get("token_type_ids"),
@@ -188,7 +171,7 @@ def mask_noise(key: torch.Tensor, cfg: PretrainConfig, batch_size: int, seq_len:
                                          (batch_size, P), device)}
 
 
-def _mask(batch: Batch, key: torch.Tensor, cfg: PretrainConfig) -> dict:
+def masked_batch(batch: Batch, key: torch.Tensor, cfg: PretrainConfig) -> dict:
     """The step's masking (masking.mask_batch) with its noise drawn from ``key``."""
     ids_BxL = batch["input_ids"]
     B, Lx = ids_BxL.shape
@@ -228,7 +211,7 @@ def fixed_proposal_batch(batch: Batch, key: torch.Tensor, cfg: PretrainConfig,
     ``disc_ids_BxL``, ``is_replaced_BxL`` (see sampling.replace_tokens) and ``positions_BxP``,
     ``weights_BxP`` of the masking."""
     ids_BxL = batch["input_ids"]
-    mb = _mask(batch, key, cfg)
+    mb = masked_batch(batch, key, cfg)
     B, P = mb["positions_BxP"].shape
     u_BxP = rnglib.uniform(rnglib.fold_in(key, _K_PROPOSAL), (B, P), ids_BxL.device)
     sampled_BxP = proposal_sample(logits_V, u_BxP)
@@ -275,10 +258,8 @@ GRAD_ROUTES = ("func", "autograd")
 
 def grad_route_for(compiled: bool) -> str:
     """The faster correct route: ``torch.func`` compiles as one graph, so compiled steps use
-    it; an eager step uses autograd over the leaves, which does less host work (H200, batch
-    128, bf16: 172 vs 219 ms/step, benchmarks/results/h200-2026-11-27-eager.md) and is
-    faster on CPU too (2-core CPU, batch 16 x 128: 1,418 vs 1,682 ms float32, 900 vs 934 ms
-    bf16; benchmarks/results/cpu-2026-11-27-route-dtype.md)."""
+    it; an eager step uses autograd over the leaves, which does less host work and is faster
+    on GPU and CPU alike (records/2026-11-27_h200-session1, records/2026-11-27_cpu-throughput)."""
     return "func" if compiled else "autograd"
 
 
@@ -318,7 +299,7 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
         raise ValueError(f"mix_fraction={cfg.mix_fraction} needs mix_logits_V")
 
     def loss_fn(params, batch, key, gen_scale):
-        with _autocast(amp_dtype, device_type):
+        with runtime.autocast(amp_dtype, device_type):
             return electra_forward(params, batch, key, cfg, train=True,
                                    mix_logits_V=mix_logits_V, gen_scale=gen_scale)
 
@@ -351,7 +332,7 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
             decay_mask=decay_mask,
             bias_correction_step=bc_step)
         finite = torch.isfinite(loss) & torch.isfinite(gnorm)
-        if _traced():
+        if runtime.traced():
             # Compiled: fused into the update's kernels. Captured as a CUDA graph: no host read.
             new_params = _where_tree(finite, new_params, params)
             new_adam = _where_tree(finite, new_adam, opt_state["adam"])
@@ -383,7 +364,7 @@ def make_eval_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None,
     proposals = dict(proposals or {})
 
     def eval_step(params: Params, batch: Batch, key: torch.Tensor) -> dict:
-        with torch.no_grad(), _autocast(amp_dtype, device_type):
+        with torch.no_grad(), runtime.autocast(amp_dtype, device_type):
             _, metrics, fake, disc_logits_BxL = electra_forward_parts(params, batch, key, cfg,
                                                                       train=False)
             metrics = dict(metrics)

@@ -156,3 +156,9 @@ def gumbel(k: torch.Tensor, shape: tuple[int, ...],
            device: torch.device | str | None = None) -> torch.Tensor:
     """Float32 standard Gumbel noise, -log(-log(u))."""
     return -torch.log(-torch.log(uniform(k, shape, device)))
+
+
+def step_key(seed: int, step: int | torch.Tensor) -> torch.Tensor:
+    """The key of step ``step`` of a run seeded with ``seed`` (pre-training and fine-tuning
+    alike): ``fold_in(key(seed), step)``, a CPU 0-d int64 tensor."""
+    return fold_in(key(seed), step)

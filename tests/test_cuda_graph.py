@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from electra_fn import cuda_graph, model, pretrain
+from electra_fn import cuda_graph, model, pretrain, runtime
 from electra_fn import rng as rnglib
 from electra_fn.config import CLS_ID, PAD_ID, SEP_ID, ModelConfig, PretrainConfig
 from electra_fn.tree import flat_dict, tree_leaves, tree_map
@@ -164,7 +164,7 @@ def test_the_step_is_capturable(route):
     opt = pretrain.init_opt_state(params, CFG)
     batch = _batch(3)
     key = pretrain.step_key(0, 0)
-    with cuda_graph._capture_mode(fused_rng=False), _HostTraffic() as mode:
+    with cuda_graph.capture_mode(fused_rng=False), _HostTraffic() as mode:
         step(params, opt, batch, key)
     assert mode.seen == [], f"forbidden in a CUDA capture: {sorted(set(mode.seen))}"
     plain = _HostTraffic()
@@ -210,7 +210,7 @@ def test_compiled_step_does_not_query_cuda_capture(monkeypatch):
     def untraceable():
         raise AssertionError("torch.cuda.is_current_stream_capturing() reached while compiling")
 
-    monkeypatch.setattr(cuda_graph, "_cuda_stream_capturing", untraceable)
+    monkeypatch.setattr(runtime, "cuda_stream_capturing", untraceable)
     step = torch.compile(pretrain.make_train_step(CFG), fullgraph=True, backend="eager")
     params = model.init_params(CFG.model, 0)
     opt = pretrain.init_opt_state(params, CFG)

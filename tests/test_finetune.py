@@ -114,7 +114,7 @@ def test_step_applies_layerwise_lr_exactly():
     params = FT.init_finetune(None, TINY, 2, 0)
     state = FT.init_finetune_state(params)
     state["step"] = torch.tensor(40)
-    batch, key = _batch(), FT.finetune_key(0, 40)
+    batch, key = _batch(), FT.step_key(0, 40)
     new, new_state, metrics = step(params, state, batch, key)
     lr = 3e-4 * (total - 40) / total  # past the 10-step warmup, linear decay
     assert metrics["lr"].item() == pytest.approx(lr, rel=1e-6)
@@ -144,12 +144,12 @@ def test_step_is_pure_and_deterministic(regression):
     if not regression:
         batch["labels"] = batch["labels"] + 1  # 3 classes
     before = _clone((params, state, batch))
-    key = FT.finetune_key(7, 5)
+    key = FT.step_key(7, 5)
     out1 = step(params, state, batch, key)
     assert _trees_equal((params, state, batch), before), "step mutated its inputs"
     out2 = step(params, state, batch, key.clone())
     assert _trees_equal(out1, out2), "same key, different result"
-    out3 = step(params, state, batch, FT.finetune_key(7, 6))
+    out3 = step(params, state, batch, FT.step_key(7, 6))
     assert not torch.equal(out1[2]["loss"], out3[2]["loss"])  # dropout follows the key
     assert set(out1[2]) == {"loss", "grad_norm", "lr"} | (set() if regression else {"accuracy"})
     assert all(t.ndim == 0 for t in out1[2].values())
@@ -162,7 +162,7 @@ def test_autograd_route_matches_func_route(regression):
     params = FT.init_finetune(None, TINY, n, 3)
     state = FT.init_finetune_state(params)
     state["step"] = torch.tensor(12)
-    batch, key = _batch(seed=4, regression=regression), FT.finetune_key(1, 12)
+    batch, key = _batch(seed=4, regression=regression), FT.step_key(1, 12)
     outs = [FT.make_finetune_step(TINY, FinetuneConfig(), n, regression, 40,
                                   grad_route=route)(params, state, batch, key)
             for route in ("func", "autograd")]
@@ -181,7 +181,7 @@ def test_bf16_autocast_step_and_predict():
     params = FT.init_finetune(None, TINY, 2, 5)
     state = FT.init_finetune_state(params)
     state["step"] = torch.tensor(30)  # past warmup: a full-size update
-    batch, key = _batch(seed=6), FT.finetune_key(2, 30)
+    batch, key = _batch(seed=6), FT.step_key(2, 30)
     f32 = FT.make_finetune_step(TINY, FinetuneConfig(), 2, False, 100)(params, state, batch, key)
     b16 = FT.make_finetune_step(TINY, FinetuneConfig(), 2, False, 100, amp_dtype=torch.bfloat16,
                                 grad_route="autograd")(params, state, batch, key)
@@ -217,10 +217,10 @@ def _compare_eager_compiled(backend: str, with_predict: bool, amp_dtype=None):
     state["step"] = torch.tensor(10)
     batch = _batch()
     with rnglib.counter_based():  # eager draws dropout from the compiled stream
-        eager_out = make()(params, state, batch, FT.finetune_key(0, 10))
-    comp_out = compiled(params, state, batch, FT.finetune_key(0, 10))
+        eager_out = make()(params, state, batch, FT.step_key(0, 10))
+    comp_out = compiled(params, state, batch, FT.step_key(0, 10))
     with torch._dynamo.config.patch(error_on_recompile=True):  # a second step reuses the graph
-        compiled(*comp_out[:2], batch, FT.finetune_key(0, 11))
+        compiled(*comp_out[:2], batch, FT.step_key(0, 11))
     torch.testing.assert_close(comp_out[2], eager_out[2], rtol=1e-4, atol=1e-5)
     for a, b in zip(tree_leaves(comp_out[:2]), tree_leaves(eager_out[:2])):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -243,9 +243,7 @@ def test_bf16_autocast_step_graph_capture():
     _compare_eager_compiled("aot_eager", with_predict=False, amp_dtype=torch.bfloat16)
 
 
-@pytest.mark.skipif(not os.environ.get("ELECTRA_FN_SLOW"),
-                    reason="inductor's cold C++ compile takes minutes on CPU; "
-                           "set ELECTRA_FN_SLOW=1")
+@pytest.mark.slow  # inductor's cold C++ compile takes minutes on CPU
 def test_eager_vs_compiled_inductor():
     torch._dynamo.reset()
     _compare_eager_compiled("inductor", with_predict=True)

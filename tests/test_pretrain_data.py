@@ -18,7 +18,7 @@ from electra_fn.config import CLS_ID, PAD_ID, SEP_ID
 from electra_fn.data.pretrain_data import (PretrainData, batches, build_pretraining_data,
                                            default_corpus_path, document_rng, encode_pairs,
                                            expand_corpus_paths, pack_document, read_documents,
-                                           split_sentences, steps_per_epoch)
+                                           split_sentences, full_batches_per_epoch)
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"
 SPECIAL = {"cls_id": CLS_ID, "sep_id": SEP_ID, "pad_id": PAD_ID}
@@ -314,7 +314,7 @@ def test_pipeline_seed_changes_data_and_num_proc_does_not(tagged, tmp_path):
 
 
 def test_auto_num_proc():
-    from electra_fn.data.pretrain_data import _text_chars, auto_num_proc, usable_cpus
+    from electra_fn.data.pretrain_data import text_chars, auto_num_proc, usable_cpus
     M = 1_000_000
     assert auto_num_proc(0, cpus=16) == 1 and auto_num_proc(8 * M - 1, cpus=16) == 1
     assert auto_num_proc(8 * M, cpus=16) == 2 and auto_num_proc(36 * M, cpus=16) == 9
@@ -322,7 +322,7 @@ def test_auto_num_proc():
     assert usable_cpus() >= 1
     import datasets
     docs = datasets.Dataset.from_dict({"lines": [["ab", "cdé"], [], ["x"]]})
-    assert _text_chars(docs) == 6  # characters, not bytes
+    assert text_chars(docs) == 6  # characters, not bytes
 
 
 def test_pipeline_rejects_zero_workers(tmp_path):
@@ -378,7 +378,7 @@ def _toy_examples(n: int = 23, seq_len: int = 6) -> tuple[np.ndarray, np.ndarray
 def test_batches_cover_each_epoch_once_and_drop_the_remainder():
     ids, types = _toy_examples()
     stream = batches(ids, types, batch_size=5, seed=3)
-    assert steps_per_epoch(len(ids), 5) == 4
+    assert full_batches_per_epoch(len(ids), 5) == 4
     seen = {0: [], 1: []}
     positions = []
     for _ in range(8):

@@ -62,7 +62,7 @@ def auto_num_proc(num_chars: int, cpus: int | None = None) -> int:
     return max(1, min(cpus, num_chars // _CHARS_PER_WORKER))
 
 
-def _text_chars(docs) -> int:
+def text_chars(docs) -> int:
     """Characters in a documents dataset's ``lines`` (Arrow compute, no Python loop)."""
     import pyarrow.compute as pc
 
@@ -336,7 +336,7 @@ def build_pretraining_data(corpus: str | Sequence[str], tokenizer: Tokenizer, *,
             train_docs, valid_docs = docs.select(keep), docs.select(held)
             valid_stream = _TRAIN_STREAM  # same documents' stream; indices are corpus indices
         if num_proc is None:
-            num_proc = auto_num_proc(_text_chars(docs))
+            num_proc = auto_num_proc(text_chars(docs))
         elif num_proc < 1:
             raise ValueError(f"num_proc={num_proc} must be >= 1")
         log(f"building pre-training data: {len(train_docs)} train / {len(valid_docs)} valid "
@@ -362,7 +362,7 @@ def build_pretraining_data(corpus: str | Sequence[str], tokenizer: Tokenizer, *,
 # ----------------------------------------------------------------------------- batching
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+def full_batches_per_epoch(num_examples: int, batch_size: int) -> int:
     """Whole batches per epoch (the remainder is dropped each epoch)."""
     return num_examples // batch_size
 
@@ -379,7 +379,7 @@ def batches(ids: np.ndarray, token_types: np.ndarray, batch_size: int, seed: int
 
     Restarting with ``start=`` a yielded position continues exactly where that batch left off.
     """
-    n_steps = steps_per_epoch(len(ids), batch_size)
+    n_steps = full_batches_per_epoch(len(ids), batch_size)
     if n_steps == 0:
         raise ValueError(f"{len(ids)} examples are fewer than one batch of {batch_size}")
     epoch, index = start

@@ -1,0 +1,149 @@
+"""Runtime helpers shared by the library and its command lines: the user-error type, device
+and dtype resolution, autocast, the trace/capture flag, and run provenance.
+
+Nothing here touches model math; every other module may import it, and it imports none of
+theirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+class UserError(Exception):
+    """Bad input (a flag, a file, a field): reported as one clear line and exit code 2."""
+
+
+EXIT_BAD_INPUT = 2
+
+# -- device and dtype --------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...; a
+    :class:`UserError` for a malformed name or CUDA asked for where there is none."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name (auto, cpu, cuda, cuda:1, ...)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16 on x86, BF16 on
+    Arm), where bf16 autocast beats float32; elsewhere bf16 is emulated. Read from the kernel's
+    CPU flags (Linux); False when unknown."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_amp(dtype: str, device: torch.device, recorded: str | None = None):
+    """The autocast dtype (None = float32) for ``--dtype`` (auto, float32, bf16). ``auto``: a
+    resumed run keeps the dtype it started with (``recorded``, from its checkpoint) so it
+    continues exactly; a new one gets bf16 on CUDA and on CPUs with native bf16."""
+    if dtype == "bf16":
+        return torch.bfloat16
+    if dtype == "float32":
+        return None
+    if recorded is not None:
+        return torch.bfloat16 if recorded == str(torch.bfloat16) else None
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def autocast(dtype: torch.dtype | None, device_type: str):
+    """``torch.autocast`` to ``dtype`` on ``device_type``; a no-op for None or float32."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Every tensor of ``batch`` on ``device`` (asynchronously where the copy allows)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# -- tracing and capture ----------------------------------------------------------------------
+_CAPTURING = [False]
+
+
+@contextlib.contextmanager
+def capture_flag():
+    """Marks a step being warmed up or captured as a CUDA graph (see :func:`capturing`)."""
+    old = _CAPTURING[0]
+    _CAPTURING[0] = True
+    try:
+        yield
+    finally:
+        _CAPTURING[0] = old
+
+
+def capturing() -> bool:
+    """True inside :func:`capture_flag` or while a CUDA stream captures: the step must not
+    read device values on the host."""
+    if _CAPTURING[0]:
+        return True
+    if torch.compiler.is_compiling():  # a compiled step is one graph already (and dynamo
+        return False                    # cannot trace the stream query)
+    return cuda_stream_capturing()
+
+
+def cuda_stream_capturing() -> bool:
+    """Whether the current CUDA stream is capturing (False without CUDA)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def traced() -> bool:
+    """Compiling or capturing: branch on device values with ``where``, never on the host."""
+    return torch.compiler.is_compiling() or capturing()
+
+
+# -- provenance -------------------------------------------------------------------------------
+def git_describe(root: str | Path | None = None) -> str:
+    """``git describe --always --dirty`` of the checkout holding this package (or ``root``);
+    "unknown" outside a git checkout or without git."""
+    where = Path(root) if root is not None else Path(__file__).resolve().parent
+    if "site-packages" in where.parts:  # an installed copy: whatever checkout holds the venv
+        return "unknown"                # did not make this code
+    try:
+        r = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=where,
+                           capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "unknown"
+
+
+def provenance() -> dict:
+    """What made a result: the commit and the versions of torch, transformers and datasets
+    (None for a package that is not installed)."""
+    versions = {}
+    for name in ("torch", "transformers", "datasets"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"commit": git_describe(), "versions": versions}
+
+
+def fmt_time(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on."""
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
