@@ -18,7 +18,6 @@ token accuracy and the token-state spread (``--jsonl`` saves the rows).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +31,8 @@ from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.data import pretrain_data as pdata
 from electra_fn.data.tokenizer import train_tokenizer
 from electra_fn.hf import from_hf_state_dict
-from experiments.pretrain_small import append_jsonl, evaluate, make_valid_batches
+from electra_fn.heldout import evaluate, make_valid_batches
+from electra_fn.rundir import append_jsonl
 
 
 def token_state_spread(params, batches, cfg) -> float:
@@ -105,8 +105,7 @@ def main() -> None:
     step = P.make_train_step(cfg)
     peer = None
     if args.hf:  # the benchmark's transformers peer, evaluated through our eval_step
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-        from throughput import HFPeer  # noqa: E402 (benchmark module, test/bench extra)
+        from benchmarks.hf_peer import HFPeer  # the benchmarks' peer (test/bench extra)
         peer = HFPeer(cfg, params, torch.device("cpu"))
     eval_step = P.make_eval_step(cfg)
     valid = make_valid_batches(data, cfg.batch_size)

@@ -8,6 +8,8 @@ step 3 and resumed); of the bad-input cases one runs as a process and the others
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import io
 import os
 import signal
@@ -21,7 +23,8 @@ import pytest
 import torch
 
 from electra_fn import checkpoint as ckpt
-from electra_fn import model
+from electra_fn import model, train
+from electra_fn.budget import REFIT_AT_MIN, StepBudget, refit_point
 from electra_fn.config import PretrainConfig
 from electra_fn.tree import flat_dict
 
@@ -40,8 +43,9 @@ def _args(out: Path, cache: Path, *extra, corpus=(CORPUS,), plot: bool = False) 
 
 
 def _cli(out: Path, cache: Path, *extra, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(_args(out, cache, *extra, **kw), cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    """The command line in-process (``main(argv)``); signals and exit codes of a real process
+    are tested with subprocesses below."""
+    return _main_in_process(_args(out, cache, *extra, **kw))
 
 
 def _ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -164,6 +168,19 @@ def _check_hf_export(hf_dir: Path, params: dict, cfg: PretrainConfig):
         real = mask.bool()
         torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
     assert (hf_dir / "discriminator" / "tokenizer.model").is_file()
+    # as a user of transformers would: the tokenizer, AutoModel and the fill-mask pipeline
+    from electra_fn.data.tokenizer import load_tokenizer
+
+    ours = load_tokenizer(str(hf_dir.parent / "tokenizer"))
+    text = ("the lighthouse keeper lit the lamp", "and the ships passed safely")
+    for sub in ("discriminator", "generator"):
+        tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir / sub))
+        a, b = (ours.encode(t) for t in text)
+        assert tok(*text)["input_ids"] == [2, *a, 3, *b, 3], sub  # [CLS] a [SEP] b [SEP]
+        assert transformers.AutoModel.from_pretrained(str(hf_dir / sub)) is not None
+    fill = transformers.pipeline("fill-mask", model=str(hf_dir / "generator"))
+    out = fill("the lighthouse [MASK] lit the lamp", top_k=3)
+    assert len(out) == 3 and all(0 <= o["score"] <= 1 for o in out)
 
 
 def test_resume_is_exact(full_run, resumed_run):
@@ -215,13 +232,13 @@ def test_resume_keeps_the_step_it_ran(tmp_path, cache, monkeypatch):
                          opt_state=state["opt_state"], step=3,
                          data_position=tuple(state["data_position"]), config=state["config"])
     asked = []
-    real = pretrain_small.make_step_fn
+    real = train.make_step_fn
 
-    def make_step_fn(cfg, device, amp, use_compile, **kw):
-        asked.append(use_compile)
-        return real(cfg, device, amp, False, **kw)  # the decision is under test, not the compile
+    def make_step_fn(cfg, opts, log=print):
+        asked.append(opts.compile)  # the decision is under test, not the compile
+        return real(cfg, dataclasses.replace(opts, compile=False), log)
 
-    monkeypatch.setattr(pretrain_small, "make_step_fn", make_step_fn)
+    monkeypatch.setattr(train, "make_step_fn", make_step_fn)
     for extra, want in (((), True), (("--no-compile",), False), (("--compile",), True)):
         r = _main_in_process(_args(out, cache, "--resume", "--stop-at-step", 4, *extra))
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -430,10 +447,17 @@ def test_overwrite_replaces_the_old_runs_checkpoints(tmp_path, cache, resumed_ru
     assert orjson.loads((out / "summary.json").read_bytes())["steps"] == 2
 
 
-def test_compiled_bf16_run_on_cpu(tmp_path, cache, full_run):
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_bf16_run_on_cpu(tmp_path, cache, full_run, monkeypatch, backend):
     """The compiled path (``--compile``: one graph, bf16 autocast, key handed over on the
     step's device), run on CPU: it says the first call compiles, trains, logs finite metrics,
-    records the settings, and its float32 master weights are what it saves."""
+    records the settings, and its float32 master weights are what it saves. The default suite
+    traces it as one graph through AOT autograd (``aot_eager``); Inductor's cold C++ compile
+    (a minute) runs with ``-m slow``."""
+    from electra_fn import compiling
+
+    real = compiling.compile
+    monkeypatch.setattr(compiling, "compile", lambda fn, **kw: real(fn, backend=backend, **kw))
     out = tmp_path / "run"
     r = _ok(_cli(out, cache, "--steps", 3, "--compile", "--dtype", "bf16"))
     assert "bf16 autocast, compiled" in r.stdout
@@ -520,26 +544,27 @@ def test_budgeted_run_refits_its_steps_to_its_own_pace(tmp_path, cache, full_run
             return fn(*args)
         return step
 
-    def train(*a, **kw):  # after the budget fit's scratch steps
+    def pretrain_run(*a, **kw):  # after the budget fit's scratch steps
         slow["on"] = True
-        return real_train(*a, **kw)
+        return real_run(*a, **kw)
 
-    real, real_train = pretrain_small.make_step_fn, pretrain_small.train
-    monkeypatch.setattr(pretrain_small, "make_step_fn", make_step_fn)
-    monkeypatch.setattr(pretrain_small, "train", train)
-    monkeypatch.setattr(pretrain_small, "FINISH_RESERVE_S", 0.5)
+    real, real_run = train.make_step_fn, train.pretrain_run
+    monkeypatch.setattr(train, "make_step_fn", make_step_fn)
+    monkeypatch.setattr(train, "pretrain_run", pretrain_run)
+    monkeypatch.setattr(pretrain_small, "StepBudget",
+                        functools.partial(StepBudget, finish_reserve_s=0.5))
     out = tmp_path / "run"
     r = _main_in_process(_args(out, cache, "--time-budget", "12s"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     config = orjson.loads((out / "config.json").read_bytes())
     fit = config["run"]["budget_refit"]
     fitted, refits = fit["fitted_steps"], fit["refits"]
-    assert refits[0]["at"] == pretrain_small.refit_point(fitted)
+    assert refits[0]["at"] == refit_point(fitted)
     assert refits[0]["steps"] < fitted, fit
     # the second re-fit comes halfway to the first one's end, if that is 20+ steps on (it is
     # unless the machine is so busy that the budget holds fewer than ~120 slowed steps)
     halfway = refits[0]["steps"] // 2
-    second = halfway - refits[0]["at"] >= pretrain_small.REFIT_AT_MIN
+    second = halfway - refits[0]["at"] >= REFIT_AT_MIN
     assert len(refits) == 1 + second, fit
     if second:
         assert refits[1]["at"] == halfway
@@ -565,98 +590,72 @@ def test_budgeted_run_refits_its_steps_to_its_own_pace(tmp_path, cache, full_run
     assert rows[-1]["lr"] < 0.05 * peak
 
 
-def test_plot_is_skipped_with_a_note_when_matplotlib_is_missing(tmp_path, monkeypatch):
-    """matplotlib is an optional extra: without it a finished run must not crash at the end."""
+# -- the resolver and named configurations ---------------------------------------------------
+def _flags(**given) -> dict:
     from experiments import pretrain_small
-
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    said = []
-    rows = [{"step": 1, "gen_loss": 1.0, "disc_loss": 0.5, "gen_accuracy": 0.1,
-             "disc_replaced_accuracy": 0.2, "disc_original_accuracy": 0.9}]
-    assert pretrain_small.plot_curves(tmp_path, rows, [], log=said.append) is None
-    assert not (tmp_path / "curves.png").exists()
-    assert len(said) == 1 and "matplotlib is not installed" in said[0] and "[plot]" in said[0]
+    return {**vars(pretrain_small.build_parser().parse_args([])), **given}
 
 
+def test_resolve_new_run_defaults_by_device(monkeypatch):
+    """A new run: a 15-minute budget at batch 16 on a CPU, the paper's batch 128 and no budget
+    on a GPU; flags win; the lr follows the batch."""
+    from electra_fn import runtime
+    from experiments.pretrain_small import resolve
 
-def test_grad_route_per_mode():
-    """Compiled steps need torch.func (one graph); eager steps take autograd (less host work
-    on CUDA, less time on CPU); the same on every device."""
-    from electra_fn.pretrain import grad_route_for
-
-    assert grad_route_for(compiled=True) == "func"
-    assert grad_route_for(compiled=False) == "autograd"
-
-
-_CPUINFO = """processor\t: 0
-vendor_id\t: AuthenticAMD
-flags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}
-bugs\t\t: sysret_ss_attrs
-
-processor\t: 1
-flags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}
-"""
-
-
-@pytest.mark.parametrize("extra, native", [("avx512_bf16 avx512_vnni", True),
-                                           ("amx_bf16 amx_tile", True),
-                                           ("avx512_vnni", False), ("", False)])
-def test_cpu_native_bf16_read_from_cpu_flags(tmp_path, extra, native):
-    from experiments.pretrain_small import cpu_has_native_bf16
-
-    f = tmp_path / "cpuinfo"
-    f.write_text(_CPUINFO.format(extra=extra))
-    assert cpu_has_native_bf16(str(f)) is native
-    # Arm lists its extensions under "Features"
-    f.write_text("processor : 0\nFeatures : fp asimd " + ("bf16 i8mm" if native else "sve"))
-    assert cpu_has_native_bf16(str(f)) is native
-    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    cpu = resolve(_flags(), torch.device("cpu"))
+    assert (cpu["new"], cpu["batch_size"], cpu["budget_s"], cpu["steps"]) == (True, 16, 900, None)
+    assert cpu["amp"] is None and cpu["cuda_graph"] is False
+    assert cpu["lr"] == pytest.approx(5e-4 * (16 / 128) ** 0.5)
+    gpu = resolve(_flags(), torch.device("cuda"))
+    assert (gpu["batch_size"], gpu["budget_s"], gpu["cuda_graph"]) == (128, None, True)
+    assert gpu["amp"] is torch.bfloat16
+    steps = resolve(_flags(steps=40, batch_size=4, lr=1e-3, masking="distinct"),
+                    torch.device("cpu"))
+    assert (steps["budget_s"], steps["batch_size"], steps["lr"]) == (None, 4, 1e-3)
+    assert steps["recipe"] == {"masking": "distinct"}
 
 
-def test_dtype_auto_resolution(monkeypatch):
-    """--dtype auto: bf16 on CUDA and on CPUs with native bf16, float32 on other CPUs; a resumed
-    run keeps the dtype recorded in its checkpoint; explicit choices always win."""
-    from experiments import pretrain_small as ps
+def test_resolve_resume_keeps_the_checkpoint_recipe_and_step():
+    """On resume the checkpoint decides: its config, its dtype, its kind of step; a repeated
+    flag that agrees is fine, one that differs is refused naming the field."""
+    from electra_fn.runtime import UserError
+    from experiments.pretrain_small import resolve
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    for native in (True, False):
-        monkeypatch.setattr(ps, "cpu_has_native_bf16", lambda native=native: native)
-        assert ps.resolve_amp("auto", cpu) is (torch.bfloat16 if native else None)
-        assert ps.resolve_amp("auto", cuda) is torch.bfloat16
-        assert ps.resolve_amp("float32", cuda) is None
-        assert ps.resolve_amp("bf16", cpu) is torch.bfloat16
-        # resume: the recorded dtype, whatever this machine would pick for a new run
-        assert ps.resolve_amp("auto", cpu, recorded="None") is None
-        assert ps.resolve_amp("auto", cpu, recorded="torch.bfloat16") is torch.bfloat16
-        assert ps.resolve_amp("float32", cpu, recorded="torch.bfloat16") is None
+    cfg = PretrainConfig(model=model.ModelConfig.from_name("tiny"), batch_size=8, seed=5)
+    saved = {"pretrain": cfg.to_dict(), "run": {"preset": "tiny", "corpus": ["a.txt"],
+                                                "valid": None, "amp": "None", "compile": True}}
+    s = resolve(_flags(batch_size=8, dtype="auto"), torch.device("cpu"), saved, "ck.pt")
+    assert s["new"] is False and s["cfg"] == cfg and s["amp"] is None
+    assert s["compile"] is True and s["corpus"] == ["a.txt"]
+    assert resolve(_flags(compile=False), torch.device("cpu"), saved)["compile"] is False
+    with pytest.raises(UserError, match=r"ck.pt: --batch-size 16 does not match the "
+                                        r"checkpoint's batch_size=8"):
+        resolve(_flags(batch_size=16), torch.device("cpu"), saved, "ck.pt")
+    with pytest.raises(UserError, match="--corpus b.txt does not match"):
+        resolve(_flags(corpus=["b.txt"]), torch.device("cpu"), saved, "ck.pt")
 
 
-def test_evaluate_weights_each_metric_by_its_own_tokens():
-    """Held-out metrics are token-weighted over batches: generator ones by masked tokens,
-    replaced-token ones by that batch's replaced tokens (the generator's, or a fixed
-    proposal's own), original-token ones by the rest."""
-    from experiments.pretrain_small import evaluate
+def test_named_configs_load_and_flags_win(tmp_path, cache):
+    from electra_fn.runtime import UserError
+    from experiments import configs
 
-    rows = [
-        {"gen_loss": 1.0, "gen_accuracy": 0.0, "disc_loss": 0.2, "disc_accuracy": 0.9,
-         "disc_replaced_accuracy": 1.0, "disc_original_accuracy": 0.5, "disc_auc": 0.6,
-         "replaced_fraction": 0.1, "masked_tokens": 10.0, "tokens": 100.0,
-         "u/disc_replaced_accuracy": 0.0, "u/disc_original_accuracy": 1.0,
-         "u/replaced_fraction": 0.5, "u/tokens": 100.0, "u/disc_auc": 1.0},
-        {"gen_loss": 3.0, "gen_accuracy": 1.0, "disc_loss": 0.4, "disc_accuracy": 0.7,
-         "disc_replaced_accuracy": 0.0, "disc_original_accuracy": 1.0, "disc_auc": 0.9,
-         "replaced_fraction": 0.3, "masked_tokens": 30.0, "tokens": 300.0,
-         "u/disc_replaced_accuracy": 1.0, "u/disc_original_accuracy": 0.0,
-         "u/replaced_fraction": 0.1, "u/tokens": 300.0, "u/disc_auc": 0.0},
-    ]
-    it = iter(rows)
-    e = evaluate(lambda params, batch, key: {k: torch.tensor(v) for k, v in next(it).items()},
-                 None, [{}, {}], seed=0, device=torch.device("cpu"))
-    assert e["gen_accuracy"] == pytest.approx(30 / 40)           # masked tokens 10 : 30
-    assert e["disc_loss"] == pytest.approx((0.2 * 100 + 0.4 * 300) / 400)
-    assert e["disc_replaced_accuracy"] == pytest.approx(10 / (10 + 90))  # replaced 10 : 90
-    assert e["disc_original_accuracy"] == pytest.approx((0.5 * 90 + 210) / 300)
-    assert e["u/disc_replaced_accuracy"] == pytest.approx(30 / 80)  # its own: 50 : 30
-    assert e["u/disc_original_accuracy"] == pytest.approx(50 / 320)  # 50 : 270
-    assert e["u/disc_auc"] == pytest.approx(50 / 80)
-    assert e["loss"] == pytest.approx(e["gen_loss"] + 50 * e["disc_loss"])
+    assert {"smoke", "cpu_default", "paper_gpu"} <= set(configs.names())
+    parser_dests = set(_flags())
+    for name in configs.names():
+        flags = configs.load(name)
+        assert set(flags) <= parser_dests, (name, set(flags) - parser_dests)
+        doc = __import__(f"experiments.configs.{name}", fromlist=["x"]).__doc__
+        assert f"--config {name}" in doc and "Expected" in doc
+    with pytest.raises(UserError, match="--config nope: unknown"):
+        configs.load("nope")
+    # the smoke config, with --steps and --corpus given on the command line winning
+    out = tmp_path / "run"
+    r = _main_in_process([sys.executable, "-m", "experiments.pretrain_small", "--config",
+                          "smoke", "--corpus", str(CORPUS), "--steps", "3", "--cache-dir",
+                          str(cache), "--out", str(out), "--no-plot"])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    config = orjson.loads((out / "config.json").read_bytes())
+    assert config["pretrain"]["total_steps"] == 3 and config["run"]["config"] == "smoke"
+    assert config["pretrain"]["batch_size"] == 4 and config["run"]["preset"] == "tiny"
+    assert config["run"]["commit"] and config["run"]["versions"]["torch"]

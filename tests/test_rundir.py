@@ -1,0 +1,34 @@
+"""Run-directory files: atomic JSON, JSONL logs and their truncation on resume."""
+
+import orjson
+import pytest
+
+from electra_fn import rundir
+
+
+def test_write_json_is_atomic_and_readable(tmp_path):
+    path = tmp_path / "config.json"
+    rundir.write_json(path, {"a": 1, "b": [1.5, None]})
+    assert rundir.read_json(path) == {"a": 1, "b": [1.5, None]}
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary left
+    path.write_bytes(b"{half")
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+        rundir.read_json(path)
+
+
+def test_truncate_jsonl_keeps_earlier_rows_byte_for_byte(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for step in (1, 2, 3, 4):
+        rundir.append_jsonl(path, {"step": step, "loss": 1.0 / step})
+    before = path.read_bytes().splitlines()
+    rundir.truncate_jsonl(path, 2)
+    assert path.read_bytes().splitlines() == before[:2]
+    assert [r["step"] for r in rundir.read_jsonl(path)] == [1, 2]
+    rundir.truncate_jsonl(tmp_path / "missing.jsonl", 2)  # nothing to do
+
+
+def test_read_jsonl_names_the_file_and_line_of_a_bad_row(tmp_path):
+    path = tmp_path / "eval.jsonl"
+    path.write_bytes(orjson.dumps({"step": 0}) + b"\n\n" + b'{"step": 1, "lo')
+    with pytest.raises(ValueError, match=r"eval.jsonl, line 3: not a JSON row"):
+        rundir.read_jsonl(path)
