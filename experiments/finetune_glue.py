@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
-
-import orjson
 
 EXIT_BAD_INPUT = 2
 
@@ -92,42 +89,13 @@ def _tasks(arg: str) -> tuple[list[str], bool]:
     return [get_task(t).name for t in arg.split(",") if t.strip()], False
 
 
-def _progress_bar(desc: str, total_rows: int, disable: bool):
-    from tqdm import tqdm
-    bar = tqdm(total=total_rows, desc=desc, unit="ex", unit_scale=True, dynamic_ncols=True,
-               disable=disable, mininterval=1.0, file=sys.stderr)
-
-    def progress(step: int, total_steps: int, rows: int, metrics: dict) -> None:
-        bar.update(rows)
-        if step % 10 == 0 or step == total_steps:  # .item() syncs: only at log intervals
-            bar.set_postfix(loss=f"{metrics['loss'].item():.4f}", step=f"{step}/{total_steps}",
-                            refresh=False)
-    return bar, progress
-
-
-def _report_skipped(splits) -> None:
-    for s in splits.values():
-        if s.skipped:
-            first = ", ".join(f"line {n} ({why})" for n, why in s.skipped[:3])
-            print(f"warning: {s.path}: skipped {len(s.skipped)} malformed row(s): {first}"
-                  f"{', ...' if len(s.skipped) > 3 else ''}", file=sys.stderr)
-
-
-def _write_table(out: Path, title: str) -> None:
-    from electra_fn import finetune as FT
-    # includes tasks of earlier runs into OUT, each with its own train subsample size
-    medians, num_seeds, sizes = FT.collect_results(out)
-    (out / "results.md").write_text(FT.results_markdown(medians, num_seeds, title, sizes),
-                                    encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch  # after argparse: --help stays fast
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from experiments.pretrain_small import UserError, resolve_amp, resolve_device
+    from electra_fn.runtime import UserError, resolve_amp, resolve_device
     try:
         device = resolve_device(args.device)
     except UserError as e:
@@ -140,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from electra_fn import compiling
     from electra_fn import finetune as FT
     from electra_fn.config import FinetuneConfig
-    from electra_fn.data.glue import get_task, load_task, task_dir
-    from electra_fn.metrics import main_metric
+    from electra_fn.data.glue import task_dir
     from electra_fn.hf import CheckpointError
 
     bad_input = (FileNotFoundError, NotADirectoryError, CheckpointError, ValueError)
@@ -178,80 +145,20 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"error: --compile {mode}: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    from electra_fn.glue_run import GlueOptions, run_glue
+
+    seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
     init = "random init" if args.from_scratch else ckpt_info["checkpoint"]
     print(f"model {model_cfg.name}: {init}; tokenizer {ckpt_info['tokenizer']} (vocab "
-          f"{tokenizer.vocab_size}); device {args.device}, {dtype_text}, {mode}; seeds {seeds}",
-          file=sys.stderr)
-    title = "GLUE dev results" + (" (from scratch)" if args.from_scratch else "")
-
-    done = []
-    for task in present:
-        spec = get_task(task)
-        try:
-            splits = load_task(args.glue_dir, spec, tokenizer, max_len=max_len,
-                               cache_dir=cache_dir, tokenizer_id=tokenizer.fingerprint,
-                               strict=args.strict)
-        except bad_input as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        _report_skipped(splits)
-        if "train" not in splits:
-            print(f"train split missing for {spec.name}: skipped", file=sys.stderr)
-            continue
-        if not any(s in splits for s in spec.dev_splits):
-            print(f"dev split missing for {spec.name}: skipped", file=sys.stderr)
-            continue
-        full_train = len(splits["train"])
-        splits["train"] = FT.subsample(splits["train"], args.max_train_examples)
-        epochs = ft_cfg.num_epochs(spec.num_epochs)
-        t_task = time.perf_counter()
-        runs = []
-        for seed in seeds:
-            bar, progress = _progress_bar(f"{spec.name} seed {seed}",
-                                          epochs * len(splits["train"]), args.no_progress)
-            with bar:
-                run = FT.run_seed(params, model_cfg, splits, spec, ft_cfg.replace(seed=seed),
-                                  seed, compile_mode=mode, device=args.device,
-                                  amp_dtype=amp, progress=progress)
-            main = main_metric(spec.name)
-            print(f"{spec.name} seed {seed}: {main} {100 * run['metrics'][main]:.2f} "
-                  f"({run['wall_s']:.0f} s)", file=sys.stderr)
-            runs.append(run)
-        result = FT.aggregate_results(spec.name, runs)
-        best = FT.best_seed_index([r["metrics"] for r in runs], spec)
-        submission = FT.write_submission(out / "submission", spec, runs[best], splits)
-        n_train = len(splits["train"])
-        result.update(
-            wall_s=time.perf_counter() - t_task,
-            submission={"seed": runs[best]["seed"], "chosen_by": "best dev " + result[
-                "main_metric"], "files": submission},
-            data={"train_examples_used": n_train, "train_examples_total": full_train,
-                  "max_train_examples": args.max_train_examples,
-                  "skipped_rows": {s: {"count": len(v.skipped), "first_lines":
-                                       [n for n, _ in v.skipped[:5]]}
-                                   for s, v in splits.items()}},
-            config={"finetune": ft_cfg.to_dict(), "model": model_cfg.to_dict(), **ckpt_info,
-                    "device": args.device, "dtype": dtype_text, "compile": mode,
-                    "seeds": seeds,
-                    "epochs": epochs, "max_len": max_len},
-            seconds_per_1000_examples_per_epoch=1000 * sum(r["train_s"] for r in runs)
-            / (len(runs) * epochs * n_train))
-        (out / f"{spec.name}.json").write_bytes(
-            orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-        done.append(spec.name)
-        _write_table(out, title)
-        print(f"{spec.name}: median {result['main_metric']} {100 * result['main_median']:.2f} "
-              f"over {len(runs)} seed(s); submission from seed {runs[best]['seed']} (best dev)",
-              file=sys.stderr)
-
-    _write_table(out, title)
-    print(f"wrote {out / 'results.md'} ({len(done)} task(s) run now); submissions in "
-          f"{out / 'submission'}", file=sys.stderr)
-    return 0
+          f"{tokenizer.vocab_size}); device {args.device}, {dtype_text}, {mode}; seeds "
+          f"{list(seeds)}", file=sys.stderr)
+    opts = GlueOptions(args.glue_dir, Path(args.out), seeds, args.device, amp, mode,
+                       args.max_train_examples,
+                       Path(args.cache_dir) if args.cache_dir else None, args.strict,
+                       not args.no_progress,
+                       "GLUE dev results" + (" (from scratch)" if args.from_scratch else ""))
+    return run_glue(present, params, model_cfg, tokenizer, ckpt_info, ft_cfg, opts,
+                    log=lambda msg: print(msg, file=sys.stderr))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,143 @@
+"""The GLUE fine-tuning runner: every task over several seeds, with a table and submissions.
+
+Shaped like the pre-training loop (:func:`electra_fn.train.pretrain_run`): config objects in
+(:class:`FinetuneConfig`, :class:`GlueOptions`), a run directory out (``<task>.json`` written
+atomically with the commit and versions, ``results.md``, ``submission/``), an exit code back.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import finetune as FT
+from . import rundir, runtime
+from .config import FinetuneConfig, ModelConfig
+from .data.glue import get_task, load_task
+from .metrics import main_metric
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class GlueOptions:
+    """Where and how the runs go: data, output, seeds, the step's device, dtype and compile
+    mode, the training subsample, row strictness and the progress bar."""
+
+    glue_dir: str
+    out: Path
+    seeds: tuple[int, ...] = (0,)
+    device: str = "cpu"
+    amp: torch.dtype | None = None
+    compile_mode: str = "eager"
+    max_train_examples: int | None = None
+    cache_dir: Path | None = None
+    strict: bool = False
+    progress: bool = True
+    title: str = "GLUE dev results"
+
+
+def progress_bar(desc: str, total_rows: int, disable: bool):
+    """A tqdm bar over training examples and the ``progress`` callback of :func:`FT.train`."""
+    from tqdm import tqdm
+    bar = tqdm(total=total_rows, desc=desc, unit="ex", unit_scale=True, dynamic_ncols=True,
+               disable=disable, mininterval=1.0, file=sys.stderr)
+
+    def progress(step: int, total_steps: int, rows: int, metrics: dict) -> None:
+        bar.update(rows)
+        if step % 10 == 0 or step == total_steps:  # .item() syncs: only at log intervals
+            bar.set_postfix(loss=f"{metrics['loss'].item():.4f}", step=f"{step}/{total_steps}",
+                            refresh=False)
+    return bar, progress
+
+
+def report_skipped(splits, log: Log) -> None:
+    for s in splits.values():
+        if s.skipped:
+            first = ", ".join(f"line {n} ({why})" for n, why in s.skipped[:3])
+            log(f"warning: {s.path}: skipped {len(s.skipped)} malformed row(s): {first}"
+                f"{', ...' if len(s.skipped) > 3 else ''}")
+
+
+def write_table(out: Path, title: str) -> None:
+    """``results.md`` from every ``<task>.json`` in ``out`` (earlier runs' tasks included)."""
+    medians, num_seeds, sizes = FT.collect_results(out)
+    (out / "results.md").write_text(FT.results_markdown(medians, num_seeds, title, sizes),
+                                    encoding="utf-8")
+
+
+def run_glue(tasks: list[str], params, model_cfg: ModelConfig, tokenizer, ckpt_info: dict,
+             ft_cfg: FinetuneConfig, opts: GlueOptions, log: Log = print) -> int:
+    """Fine-tune ``params`` (None: random init) on each task for every seed; returns the exit
+    code (2 for a task whose data cannot be read)."""
+    out = opts.out
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = opts.cache_dir or out / "cache"
+    max_len = FT.max_len_for(model_cfg, ft_cfg)
+    dtype_text = "bf16 autocast" if opts.amp else "float32"
+    done = []
+    for task in tasks:
+        spec = get_task(task)
+        try:
+            splits = load_task(opts.glue_dir, spec, tokenizer, max_len=max_len,
+                               cache_dir=cache_dir, tokenizer_id=tokenizer.fingerprint,
+                               strict=opts.strict)
+        except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+            log(f"error: {e}")
+            return runtime.EXIT_BAD_INPUT
+        report_skipped(splits, log)
+        if "train" not in splits:
+            log(f"train split missing for {spec.name}: skipped")
+            continue
+        if not any(s in splits for s in spec.dev_splits):
+            log(f"dev split missing for {spec.name}: skipped")
+            continue
+        full_train = len(splits["train"])
+        splits["train"] = FT.subsample(splits["train"], opts.max_train_examples)
+        epochs = ft_cfg.num_epochs(spec.num_epochs)
+        t_task = time.perf_counter()
+        runs = []
+        for seed in opts.seeds:
+            bar, progress = progress_bar(f"{spec.name} seed {seed}",
+                                         epochs * len(splits["train"]), not opts.progress)
+            with bar:
+                run = FT.run_seed(params, model_cfg, splits, spec, ft_cfg.replace(seed=seed),
+                                  seed, compile_mode=opts.compile_mode, device=opts.device,
+                                  amp_dtype=opts.amp, progress=progress)
+            main = main_metric(spec.name)
+            log(f"{spec.name} seed {seed}: {main} {100 * run['metrics'][main]:.2f} "
+                f"({run['wall_s']:.0f} s)")
+            runs.append(run)
+        result = FT.aggregate_results(spec.name, runs)
+        best = FT.best_seed_index([r["metrics"] for r in runs], spec)
+        submission = FT.write_submission(out / "submission", spec, runs[best], splits)
+        n_train = len(splits["train"])
+        result.update(
+            wall_s=time.perf_counter() - t_task,
+            submission={"seed": runs[best]["seed"], "chosen_by": "best dev " + result[
+                "main_metric"], "files": submission},
+            data={"train_examples_used": n_train, "train_examples_total": full_train,
+                  "max_train_examples": opts.max_train_examples,
+                  "skipped_rows": {s: {"count": len(v.skipped), "first_lines":
+                                       [n for n, _ in v.skipped[:5]]}
+                                   for s, v in splits.items()}},
+            config={"finetune": ft_cfg.to_dict(), "model": model_cfg.to_dict(), **ckpt_info,
+                    "device": opts.device, "dtype": dtype_text, "compile": opts.compile_mode,
+                    "seeds": list(opts.seeds), "epochs": epochs, "max_len": max_len},
+            provenance=runtime.provenance(),
+            seconds_per_1000_examples_per_epoch=1000 * sum(r["train_s"] for r in runs)
+            / (len(runs) * epochs * n_train))
+        rundir.write_json(out / f"{spec.name}.json", result)
+        done.append(spec.name)
+        write_table(out, opts.title)
+        log(f"{spec.name}: median {result['main_metric']} {100 * result['main_median']:.2f} "
+            f"over {len(runs)} seed(s); submission from seed {runs[best]['seed']} (best dev)")
+    write_table(out, opts.title)
+    log(f"wrote {out / 'results.md'} ({len(done)} task(s) run now); submissions in "
+        f"{out / 'submission'}")
+    return 0
