@@ -1,7 +1,7 @@
 """Wall time of tokenizing and packing a pre-training corpus, by number of worker processes.
 
     python -m benchmarks.data_pipeline --corpus 'wiki/train/wiki_en_00[0-2].txt.xz' \\
-        --num-proc 1,2 --json benchmarks/results/data_pipeline.json
+        --num-proc 1,2 --json runs/data_pipeline.json
 
 Trains (or reuses, from ``--cache-dir``) the tokenizer first, untimed; then, for each worker
 count, builds the packed examples into a fresh temporary cache (nothing reused) and times it.

@@ -478,7 +478,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="comma-separated variants to profile instead (implies --profile)")
     ap.add_argument("--profile-steps", type=int, default=2)
     ap.add_argument("--profile-top", type=int, default=15)
-    ap.add_argument("--trace-dir", type=Path, default=Path("benchmarks/results/traces"))
+    ap.add_argument("--trace-dir", type=Path, default=Path("runs/traces"))
     ap.add_argument("--peak-seconds", type=float, default=2.0,
                     help="how long to time the peak matmul")
     ap.add_argument("--no-flop-check", action="store_true",
