@@ -314,11 +314,13 @@ def run_seed(pretrained: Params | None, model_cfg: ModelConfig, splits: dict[str
              task: str | TaskSpec, ft_cfg: FinetuneConfig, seed: int, *,
              compile_mode: CompileMode = "eager", device: str | torch.device = "cpu",
              amp_dtype: torch.dtype | None = None,
-             progress: ProgressFn | None = None, eval_batch_size: int = 128) -> dict:
+             progress: ProgressFn | None = None, eval_batch_size: int = 128,
+             keep_params: bool = False) -> dict:
     """Fine-tune one seed on ``splits["train"]``; evaluate every dev split; predict every test
     split. ``pretrained=None`` initialises from scratch (from ``seed``). Returns metrics (the
     first dev split's unprefixed, e.g. MNLI's ``dev_mismatched/accuracy`` prefixed), test
-    predictions, training info and wall time."""
+    predictions, training info and wall time; and the fine-tuned parameters (on the CPU)
+    under ``"params"`` if ``keep_params``."""
     spec = get_task(task)
     device = torch.device(device)
     t0 = time.perf_counter()
@@ -338,8 +340,11 @@ def run_seed(pretrained: Params | None, model_cfg: ModelConfig, splits: dict[str
         metrics.update(m if i == 0 else {f"{split}/{k}": v for k, v in m.items()})
     test_predictions = {split: predict_split(predict, ft_params, splits[split], **kw)
                         for split in spec.test_splits if split in splits}
-    return {"seed": seed, "metrics": metrics, "test_predictions": test_predictions,
-            "train": info, "train_s": train_s, "wall_s": time.perf_counter() - t0}
+    out = {"seed": seed, "metrics": metrics, "test_predictions": test_predictions,
+           "train": info, "train_s": train_s, "wall_s": time.perf_counter() - t0}
+    if keep_params:
+        out["params"] = tree_map(lambda t: t.detach().to("cpu"), ft_params)
+    return out
 
 
 # -- summaries and reports ----------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from . import finetune as FT
-from . import rundir, runtime
+from . import hf, rundir, runtime
 from .config import FinetuneConfig, ModelConfig
 from .data.glue import get_task, load_task
 from .metrics import main_metric
@@ -27,7 +27,8 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class GlueOptions:
     """Where and how the runs go: data, output, seeds, the step's device, dtype and compile
-    mode, the training subsample, row strictness and the progress bar."""
+    mode, the training subsample, row strictness, the progress bar, and whether the best seed's
+    model is exported for ``transformers``."""
 
     glue_dir: str
     out: Path
@@ -40,6 +41,8 @@ class GlueOptions:
     strict: bool = False
     progress: bool = True
     title: str = "GLUE dev results"
+    export_hf: bool = False  # the best dev seed's model to out/hf/<task> for transformers
+    tokenizer_dir: Path | None = None  # exported beside it
 
 
 def progress_bar(desc: str, total_rows: int, disable: bool):
@@ -101,20 +104,31 @@ def run_glue(tasks: list[str], params, model_cfg: ModelConfig, tokenizer, ckpt_i
         splits["train"] = FT.subsample(splits["train"], opts.max_train_examples)
         epochs = ft_cfg.num_epochs(spec.num_epochs)
         t_task = time.perf_counter()
-        runs = []
+        runs, best_params = [], None
         for seed in opts.seeds:
             bar, progress = progress_bar(f"{spec.name} seed {seed}",
                                          epochs * len(splits["train"]), not opts.progress)
             with bar:
                 run = FT.run_seed(params, model_cfg, splits, spec, ft_cfg.replace(seed=seed),
                                   seed, compile_mode=opts.compile_mode, device=opts.device,
-                                  amp_dtype=opts.amp, progress=progress)
+                                  amp_dtype=opts.amp, progress=progress,
+                                  keep_params=opts.export_hf)
+            params_now = run.pop("params", None)
             main = main_metric(spec.name)
             log(f"{spec.name} seed {seed}: {main} {100 * run['metrics'][main]:.2f} "
                 f"({run['wall_s']:.0f} s)")
             runs.append(run)
+            if FT.best_seed_index([r["metrics"] for r in runs], spec) == len(runs) - 1:
+                best_params = params_now  # only the best seed's parameters are kept
         result = FT.aggregate_results(spec.name, runs)
         best = FT.best_seed_index([r["metrics"] for r in runs], spec)
+        if opts.export_hf:
+            path = hf.save_hf_classifier(best_params, model_cfg, spec.num_labels,
+                                         out / "hf" / spec.name, opts.tokenizer_dir,
+                                         id2label=list(spec.labels) or None)
+            result["hf_export"] = {"seed": runs[best]["seed"], "path": str(path)}
+            log(f"{spec.name}: seed {runs[best]['seed']}'s model exported for transformers "
+                f"to {path}")
         submission = FT.write_submission(out / "submission", spec, runs[best], splits)
         n_train = len(splits["train"])
         result.update(

@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="same as --compile eager")
     p.add_argument("--strict", action="store_true", help="fail on malformed rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--export-hf", action="store_true", help="export each task's best dev seed "
+                   "to OUT/hf/<task> for transformers' AutoModelForSequenceClassification")
     args = p.parse_args(argv)
     if args.checkpoint is None and not (args.from_scratch and args.tokenizer):
         p.error("--checkpoint is required (or --from-scratch with --tokenizer)")
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                        args.max_train_examples,
                        Path(args.cache_dir) if args.cache_dir else None, args.strict,
                        not args.no_progress,
-                       "GLUE dev results" + (" (from scratch)" if args.from_scratch else ""))
+                       "GLUE dev results" + (" (from scratch)" if args.from_scratch else ""),
+                       args.export_hf, Path(ckpt_info["tokenizer"]).parent)
     return run_glue(present, params, model_cfg, tokenizer, ckpt_info, ft_cfg, opts,
                     log=lambda msg: print(msg, file=sys.stderr))
 

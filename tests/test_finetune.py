@@ -1,10 +1,7 @@
 """GLUE fine-tuning: config, layer-wise LR, the pure step, learning, compile, and the CLI."""
 
 import dataclasses
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,6 @@ from electra_fn.data.glue import EncodedSplit, read_split
 from electra_fn.tree import flat_dict, tree_leaves, tree_map
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"
-REPO = Path(__file__).resolve().parents[1]
 TINY = ModelConfig.from_name("tiny")
 
 
@@ -375,22 +371,16 @@ def checkpoint(tmp_path_factory):
             "tokenizer": tok_dir}
 
 
-def _cli(*args, cwd=REPO):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "experiments.finetune_glue", *map(str, args)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_cli_end_to_end_on_fixtures(checkpoint, tmp_path):
+def test_cli_end_to_end_on_fixtures(checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
-    res = _cli("--checkpoint", checkpoint["good"], "--glue-dir", FIXTURES, "--tasks",
-               "sst2,stsb,mnli,qnli,qqp", "--seeds", 2, "--epochs", 1, "--max-len", 64,
-               "--out", out, "--no-progress", "--dtype", "bf16")
-    assert res.returncode == 0, res.stderr
-    assert "bf16 autocast" in res.stderr
-    assert "Traceback" not in res.stderr
-    assert "train split missing for qnli: skipped" in res.stderr
-    assert "QQP/train.tsv: skipped 3 malformed row(s): line 4" in res.stderr
+    rc, err = _main(capsys, "--checkpoint", checkpoint["good"], "--glue-dir", FIXTURES,
+                    "--tasks", "sst2,stsb,mnli,qnli,qqp", "--seeds", 2, "--epochs", 1,
+                    "--max-len", 64, "--out", out, "--no-progress", "--dtype", "bf16",
+                    "--export-hf")
+    assert rc == 0, err
+    assert "bf16 autocast" in err
+    assert "train split missing for qnli: skipped" in err
+    assert "QQP/train.tsv: skipped 3 malformed row(s): line 4" in err
 
     import orjson
     r = orjson.loads((out / "sst2.json").read_bytes())
@@ -418,6 +408,13 @@ def test_cli_end_to_end_on_fixtures(checkpoint, tmp_path):
         assert [ln.split("\t")[0] for ln in lines[1:]] == [ex.guid for ex in examples]
     stsb = (out / "submission" / "STS-B.tsv").read_text().splitlines()[1:]
     assert all(0.0 <= float(ln.split("\t")[1]) <= 5.0 for ln in stsb)
+    # --export-hf: each task's best seed, loadable by transformers (same predictions:
+    # tests/test_glue_run.py)
+    for task, labels in (("sst2", 2), ("stsb", 1), ("mnli", 3)):
+        config = orjson.loads((out / "hf" / task / "config.json").read_bytes())
+        assert len(config["id2label"]) == labels
+        result = orjson.loads((out / f"{task}.json").read_bytes())
+        assert result["hf_export"]["seed"] == result["submission"]["seed"]
 
 
 def _main(capsys, *args):
