@@ -64,7 +64,7 @@ import torch._dynamo
 
 from benchmarks.hf_peer import HFPeer
 from benchmarks.workload import synthetic_batch
-from electra_fn import compiling, cuda_graph
+from electra_fn import compiling, cuda_graph, runtime
 from electra_fn import flops as flopslib
 from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.model import init_params
@@ -434,7 +434,8 @@ def results_table(rows: list[dict], failures: list[dict]) -> str:
 def environment(device: torch.device) -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__,
            "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
-           "cpu_count": os.cpu_count(), "hostname": platform.node()}
+           "cpu_count": os.cpu_count(), "hostname": platform.node(),
+           "commit": runtime.git_describe()}
     with contextlib.suppress(Exception):
         import transformers
         env["transformers"] = transformers.__version__
