@@ -245,14 +245,15 @@ def subsample(split: EncodedSplit, max_examples: int | None, seed: int = 0) -> E
 # -- prediction and evaluation --------------------------------------------------------------
 def predict_split(predict: Callable, ft_params: Params, split: EncodedSplit, *,
                   is_regression: bool, batch_size: int = 128, pad_to_multiple_of: int = 1,
-                  device: str | torch.device = "cpu") -> np.ndarray:
-    """Predictions (class ids, or scores for regression) in the split's example order."""
+                  device: str | torch.device = "cpu", target_scale: float = 1.0) -> np.ndarray:
+    """Predictions (class ids, or scores for regression: the output × ``target_scale``, the
+    score's own scale) in the split's example order."""
     device = torch.device(device)
     out = np.zeros(len(split), dtype=np.float64 if is_regression else np.int64)
     for batch in bucket_batches(split, batch_size, shuffle=False,
                                 pad_to_multiple_of=pad_to_multiple_of):
         logits_BxC = predict(ft_params, _to_device(batch, device)).to("cpu", torch.float32)
-        pred = logits_BxC[:, 0] if is_regression else logits_BxC.argmax(-1)
+        pred = logits_BxC[:, 0] * target_scale if is_regression else logits_BxC.argmax(-1)
         out[batch["index"].numpy()] = pred.numpy()
     return out
 
@@ -262,7 +263,7 @@ def evaluate(predict: Callable, ft_params: Params, split: EncodedSplit,
     """``task_metrics`` of a labelled split (values in [0, 1]; callers scale by 100)."""
     spec = get_task(task)
     preds = predict_split(predict, ft_params, split, is_regression=spec.is_regression,
-                          **kwargs)
+                          target_scale=spec.target_scale, **kwargs)
     return task_metrics(spec.name, preds, np.asarray(split.columns["labels"]))
 
 
@@ -275,8 +276,10 @@ def train(ft_params: Params, train_split: EncodedSplit, model_cfg: ModelConfig,
           compile_mode: CompileMode = "eager", device: str | torch.device = "cpu",
           amp_dtype: torch.dtype | None = None,
           progress: ProgressFn | None = None) -> tuple[Params, dict]:
-    """Fine-tune for the task's epochs on length-bucketed batches shuffled by (seed, epoch);
-    ``amp_dtype=torch.bfloat16`` trains under autocast with float32 master weights.
+    """Fine-tune for the task's epochs on batches shuffled by (seed, epoch) (sorted by length
+    within chunks if ``ft_cfg.length_bucketing``), regression targets divided by the task's
+    ``target_scale``; ``amp_dtype=torch.bfloat16`` trains under autocast with float32 master
+    weights.
 
     Returns (ft_params, info) with info = total_steps, epochs, examples, first/last losses.
     Metrics handed to ``progress`` are tensors: read them (``.item()``) only when logging.
@@ -295,7 +298,10 @@ def train(ft_params: Params, train_split: EncodedSplit, model_cfg: ModelConfig,
     step = 0
     for epoch in range(epochs):
         for batch in bucket_batches(train_split, ft_cfg.batch_size, shuffle=True, seed=seed,
-                                    epoch=epoch, pad_to_multiple_of=pad_multiple_for(compile_mode)):
+                                    epoch=epoch, pad_to_multiple_of=pad_multiple_for(compile_mode),
+                                    sort_by_length=ft_cfg.length_bucketing):
+            if spec.is_regression and spec.target_scale != 1.0:
+                batch = {**batch, "labels": batch["labels"] / spec.target_scale}
             key = step_key(seed, step)  # keys stay on the CPU (electra_fn.rng)
             ft_params, opt_state, metrics = step_fn(ft_params, opt_state,
                                                     _to_device(batch, device), key)
@@ -331,7 +337,8 @@ def run_seed(pretrained: Params | None, model_cfg: ModelConfig, splits: dict[str
                             progress=progress)
     train_s = time.perf_counter() - t0
     predict = cached_predict(model_cfg, compile_mode, amp_dtype, device.type)
-    kw = dict(is_regression=spec.is_regression, batch_size=eval_batch_size,
+    kw = dict(is_regression=spec.is_regression, target_scale=spec.target_scale,
+              batch_size=eval_batch_size,
               pad_to_multiple_of=pad_multiple_for(compile_mode), device=device)
     metrics: dict[str, float] = {}
     for i, split in enumerate(s for s in spec.dev_splits if s in splits):

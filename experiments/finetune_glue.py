@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-extra-decay-factor", action="store_true",
                    help="drop the original's extra layer-decay factor (removed pooler)")
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--length-bucketing", action="store_true",
+                   help="sort each chunk of training examples by length before batching (less "
+                   "padding, faster; the original shuffles batches at random)")
     p.add_argument("--bias-correction", action="store_true",
                    help="bias-corrected Adam (torch.optim.AdamW's step) instead of the "
                         "original's uncorrected one")
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                                 extra_decay_factor=not args.no_extra_decay_factor,
                                 weight_decay=args.weight_decay, batch_size=args.batch_size,
                                 adam_bias_correction=args.bias_correction,
+                                length_bucketing=args.length_bucketing,
                                 max_len=args.max_len, epochs=args.epochs,
                                 seed=args.first_seed)
         present = []

@@ -489,3 +489,34 @@ def test_cli_vocab_mismatch_and_bad_checkpoint(checkpoint, tmp_path, capsys):
     rc, err = _main(capsys, "--checkpoint", broken, "--glue-dir", FIXTURES, "--tasks", "rte",
                     "--out", tmp_path, "--no-progress")
     assert rc == 2 and "config.json" in err and "JSON" in err, err
+
+
+def test_stsb_trains_on_score_over_five_and_predicts_on_the_score_scale(monkeypatch):
+    """As the original's STS task: the regression target is label / 5 (so the MSE is a 25th of
+    the raw one's); predictions come back on the 0-5 scale (Spearman and Pearson are
+    unchanged by the scale)."""
+    rng = np.random.default_rng(3)
+    n = 10
+    ids = [[2] + list(rng.integers(5, 50, 6)) + [3] for _ in range(n)]
+    scores = [float(x) for x in rng.uniform(0, 5, n)]
+    cols = {"input_ids": ids, "token_type_ids": [[0] * 8] * n, "labels": scores,
+            "guid": [str(i) for i in range(n)]}
+    split = EncodedSplit("stsb", "train", Path("toy"), cols)
+    seen = []
+
+    def fake_cached_step(*a, **kw):
+        def step(params, state, batch, key):
+            seen.append(batch["labels"].clone())
+            return params, state, {"loss": torch.zeros(())}
+        return step
+
+    monkeypatch.setattr(FT, "cached_step", fake_cached_step)
+    cfg = TINY.replace(vocab_size=60)
+    params = FT.init_finetune(None, cfg, 1, 0)
+    FT.train(params, split, cfg, FinetuneConfig(epochs=1, batch_size=4), "stsb", seed=0)
+    order = np.random.default_rng([0, 0]).permutation(n)  # the epoch's random batches
+    want = torch.tensor([scores[i] for i in order], dtype=torch.float32) / 5
+    torch.testing.assert_close(torch.cat(seen), want)
+    preds = FT.predict_split(lambda p, b: torch.full((b["input_ids"].shape[0], 1), 0.5), params,
+                             split, is_regression=True, target_scale=5.0)
+    assert np.allclose(preds, 2.5)

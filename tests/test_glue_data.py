@@ -476,3 +476,39 @@ def test_real_glue_row_counts():
     assert np.mean([e.label for e in train]) == pytest.approx(2.701, abs=1e-3)
     with pytest.raises(FileNotFoundError):
         G.available_splits(REAL_GLUE, "mnli")
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_random_batches_are_the_epoch_permutation_cut_in_order(seed):
+    """The original's batches (sort_by_length=False): the (seed, epoch) permutation cut into
+    consecutive batches, not sorted by length, and new batches every epoch even for a training
+    set smaller than one chunk."""
+    rng = np.random.default_rng(seed + 100)
+    n = 50
+    cols = {"input_ids": [[2] + [9] * int(k) + [3] for k in rng.integers(1, 30, n)],
+            "token_type_ids": [[0] * 5] * n, "labels": list(rng.integers(0, 2, n))}
+    cols["token_type_ids"] = [[0] * len(r) for r in cols["input_ids"]]
+    for epoch in (0, 1):
+        batches = G.bucket_batches(cols, 8, shuffle=True, seed=seed, epoch=epoch,
+                                   sort_by_length=False)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        assert [b["index"].tolist() for b in batches] == [
+            order[i:i + 8].tolist() for i in range(0, n, 8)]
+    first = {frozenset(b["index"].tolist()) for b in G.bucket_batches(
+        cols, 8, shuffle=True, seed=seed, epoch=0, sort_by_length=False)}
+    second = {frozenset(b["index"].tolist()) for b in G.bucket_batches(
+        cols, 8, shuffle=True, seed=seed, epoch=1, sort_by_length=False)}
+    assert first != second
+    # the bucketed variant keeps a small set's batches nearly fixed across epochs: the reason
+    # it is not the faithful default
+    sorted_lengths = [len(cols["input_ids"][i]) for b in G.bucket_batches(
+        cols, 8, shuffle=True, seed=seed, epoch=0) for i in b["index"].tolist()]
+    assert sorted_lengths != [len(cols["input_ids"][i]) for i in
+                              np.random.default_rng([seed, 0]).permutation(n)]
+
+
+def test_stsb_trains_on_score_over_five():
+    """The original's STS task scales the target to (label - 0) / 5."""
+    spec = G.get_task("stsb")
+    assert spec.is_regression and spec.target_scale == 5.0
+    assert all(G.get_task(t).target_scale == 1.0 for t in ("cola", "sst2", "mrpc", "rte"))

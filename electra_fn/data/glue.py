@@ -57,6 +57,9 @@ class TaskSpec:
     double_unordered: bool = False  # MRPC, STS-B: train on both sentence orders
     dev_splits: tuple[str, ...] = ("dev",)
     test_splits: tuple[str, ...] = ("test",)
+    # Regression trains on score / target_scale (the original's STS: (label - 0) / 5) and
+    # predicts on the score's own scale.
+    target_scale: float = 1.0
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -99,7 +102,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("stsb", "STS-B", True, (),
                  Layout((10,), 7, 8, 9, 0, has_header=True),
                  Layout((9,), 7, 8, None, 0, has_header=True),
-                 num_epochs=10, double_unordered=True),
+                 num_epochs=10, double_unordered=True, target_scale=5.0),
         # RTE/WNLI/QNLI: index, sentence1|question, sentence2|sentence, label.
         TaskSpec("rte", "RTE", False, _ENTAIL,
                  Layout((4,), 1, 2, 3, 0, has_header=True),
@@ -435,12 +438,14 @@ def _collate(columns: Mapping[str, Sequence], rows: np.ndarray, pad_id: int,
 
 def bucket_batches(encoded: EncodedSplit | Mapping[str, Sequence], batch_size: int, *,
                    shuffle: bool, seed: int = 0, epoch: int = 0, pad_id: int | None = None,
-                   pad_to_multiple_of: int = 1,
-                   chunk_batches: int = 100) -> list[dict[str, torch.Tensor]]:
-    """Length-bucketed, dynamically padded batches covering every example exactly once.
+                   pad_to_multiple_of: int = 1, chunk_batches: int = 100,
+                   sort_by_length: bool = True) -> list[dict[str, torch.Tensor]]:
+    """Dynamically padded batches covering every example exactly once.
 
-    shuffle=True: a permutation drawn from (seed, epoch), sorted by length within chunks of
-    ``chunk_batches * batch_size`` examples, cut into batches, batch order shuffled.
+    shuffle=True: a permutation drawn from (seed, epoch), cut into batches in that order (the
+    original's random batches) or, with ``sort_by_length``, sorted by length within chunks of
+    ``chunk_batches * batch_size`` examples first and the batch order shuffled (less padding;
+    a training set under one chunk then gets nearly the same batches every epoch).
     shuffle=False: all examples sorted by length. ``index`` maps each row back to its example.
     Padding goes to the batch's longest row, rounded up to ``pad_to_multiple_of`` (e.g. 8 to
     bound the number of shapes torch.compile sees). ``pad_id`` defaults to the EncodedSplit's
@@ -456,7 +461,10 @@ def bucket_batches(encoded: EncodedSplit | Mapping[str, Sequence], batch_size: i
     label_kind = np.asarray(columns["labels"]).dtype.kind
     label_dtype = torch.float32 if label_kind == "f" else torch.int64
     batches_of_rows: list[np.ndarray] = []
-    if shuffle:
+    if shuffle and not sort_by_length:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        batches_of_rows = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    elif shuffle:
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(n)
         chunk = chunk_batches * batch_size
