@@ -180,9 +180,21 @@ class PretrainConfig:
     gen_delay_steps: int = 0
     temperature: float = 1.0
     seed: int = 0
+    # The tokenizer's special-token ids (ours: 0, 2, 3, 4; a BERT WordPiece vocabulary: 0, 101,
+    # 102, 103): never masked or proposed; [MASK] fills masked slots, [PAD] marks padding.
+    pad_id: int = PAD_ID
+    cls_id: int = CLS_ID
+    sep_id: int = SEP_ID
+    mask_id: int = MASK_ID
 
     def __post_init__(self) -> None:
         c = "PretrainConfig"
+        for f in ("pad_id", "cls_id", "sep_id", "mask_id"):
+            v = getattr(self, f)
+            _require(isinstance(v, int) and 0 <= v < self.model.vocab_size, c, f, v,
+                     f"must be a token id in [0, {self.model.vocab_size})")
+        _require(len(set(self.special_ids)) == 4, c, "special ids", self.special_ids,
+                 "[PAD], [CLS], [SEP] and [MASK] need four different ids")
         for f in ("seq_len", "batch_size", "total_steps"):
             v = getattr(self, f)
             _require(isinstance(v, int) and v > 0, c, f, v, "must be a positive integer")
@@ -207,6 +219,11 @@ class PretrainConfig:
         _require(isinstance(self.gen_delay_steps, int) and self.gen_delay_steps >= 0, c,
                  "gen_delay_steps", self.gen_delay_steps, "must be a non-negative integer")
         _require(self.temperature > 0, c, "temperature", self.temperature, "must be > 0")
+
+    @property
+    def special_ids(self) -> tuple[int, int, int, int]:
+        """(pad, cls, sep, mask): the tokens masking and the fixed proposals leave alone."""
+        return (self.pad_id, self.cls_id, self.sep_id, self.mask_id)
 
     @property
     def max_predictions(self) -> int:

@@ -20,8 +20,9 @@ at capture; a call with different ones raises ``ValueError``.
 While warming up and capturing, the step draws its noise from the counter-based generator
 (:func:`electra_fn.rng.counter_based`, the numbers a compiled step draws, with the hash in one
 compiled kernel per draw on CUDA), since the eager generator reads the key on the host, and
-:func:`electra_fn.runtime.capturing` is true, which makes the step check for a non-finite loss with ``where``
-rather than a host read (no CPU-GPU synchronisation may happen inside a capture).
+:func:`electra_fn.runtime.capturing` is true, which makes the step check for a non-finite loss
+with ``where`` rather than a host read (no CPU-GPU synchronisation may happen inside a
+capture).
 
 ``backend="replay"`` runs the same buffer logic without CUDA (capture = the first call,
 replay = calling the function again on the static buffers): the tests check with it that

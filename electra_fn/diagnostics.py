@@ -32,13 +32,15 @@ _K_SHUFFLE = 101
 FREQ_RANK_EDGES = (100, 1_000, 10_000)
 
 
-def shuffle_tokens(ids_BxL: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Permute each row's ordinary tokens at random, special tokens fixed in place.
+def shuffle_tokens(ids_BxL: torch.Tensor, key: torch.Tensor,
+                   special_ids: tuple[int, ...] = masking.DEFAULT_SPECIAL_IDS
+                   ) -> tuple[torch.Tensor, ...]:
+    """Permute each row's ordinary tokens at random, ``special_ids`` fixed in place.
 
     Returns ``(shuffled_BxL, to_BxL, from_BxL, valid_BxL)``: for slot j with ``valid``, the
     token at natural position ``from[:, j]`` sits at position ``to[:, j]`` of the shuffle."""
     B, L = ids_BxL.shape
-    ordinary_BxL = masking.candidates(ids_BxL)
+    ordinary_BxL = masking.candidates(ids_BxL, special_ids)
     pos_L = torch.arange(L, device=ids_BxL.device, dtype=torch.float32)
     u_BxL = rnglib.uniform(rnglib.fold_in(key, _K_SHUFFLE), (B, L), ids_BxL.device)
     # Ordinary positions first (natural order / random order), then the specials by position.
@@ -51,7 +53,8 @@ def shuffle_tokens(ids_BxL: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tens
 
 
 def shuffled_context_metrics(params: Params, batch: dict, key: torch.Tensor,
-                             cfg: ModelConfig) -> dict:
+                             cfg: ModelConfig,
+                             special_ids: tuple[int, ...] = masking.DEFAULT_SPECIAL_IDS) -> dict:
     """``shuffle/logit_shift`` (mean |logit in shuffled context - logit in natural context|
     over ordinary tokens), ``shuffle/logit_spread`` (the natural logits' std over the same
     tokens, the scale to read the shift against), the mean replaced-probability in both
@@ -59,13 +62,13 @@ def shuffled_context_metrics(params: Params, batch: dict, key: torch.Tensor,
     (:func:`token_spread` of the final states). Unmodified text, dropout off."""
     ids_BxL, mask_BxL = batch["input_ids"], batch["attention_mask"]
     types_BxL = batch.get("token_type_ids")
-    shuffled_BxL, to_BxL, from_BxL, valid_BxL = shuffle_tokens(ids_BxL, key)
+    shuffled_BxL, to_BxL, from_BxL, valid_BxL = shuffle_tokens(ids_BxL, key, special_ids)
     with torch.no_grad():
         h_BxLxH = model.discriminator_hidden(params, ids_BxL, types_BxL, mask_BxL, cfg)
         nat_BxL = model.discriminator_head(params, h_BxLxH).float()
         shuf_BxL = model.discriminator_logits(params, shuffled_BxL, types_BxL, mask_BxL,
                                               cfg).float()
-    states_NxH = h_BxLxH.float()[masking.candidates(ids_BxL) & mask_BxL.bool()]
+    states_NxH = h_BxLxH.float()[masking.candidates(ids_BxL, special_ids) & mask_BxL.bool()]
     w = valid_BxL.to(torch.float32)
     n = w.sum().clamp(min=1.0)
     nat_at_from = torch.gather(nat_BxL, 1, from_BxL)
@@ -155,7 +158,7 @@ def context_metrics(cfg: PretrainConfig, rank_V: torch.Tensor | None = None) -> 
     step's own replacements and logits."""
     def extra(params: Params, batch: dict, key: torch.Tensor, fake: dict,
               disc_logits_BxL: torch.Tensor) -> dict:
-        m = shuffled_context_metrics(params, batch, key, cfg.model)
+        m = shuffled_context_metrics(params, batch, key, cfg.model, cfg.special_ids)
         m.update(breakdown_from(fake, disc_logits_BxL, batch["attention_mask"], rank_V))
         return m
 
@@ -196,7 +199,8 @@ def context_probe(task: str, cfg: PretrainConfig, *, steps: int | None = None,
         return {"input_ids": ids_BxL, "attention_mask": torch.ones_like(ids_BxL)}
 
     held = batch_of(synthetic.corpus(task, num_eval, L, num_tokens, seed=2**40 + seed))
-    proposals = {"uniform": pretrain.proposal_logits("uniform", cfg.model.vocab_size)}
+    proposals = {"uniform": pretrain.proposal_logits("uniform", cfg.model.vocab_size,
+                                                     special_ids=cfg.special_ids)}
     eval_step = pretrain.make_eval_step(cfg, proposals=proposals)
     # Uniform replacements are the unigram ones here (every ordinary token equally frequent).
     train_step = pretrain.make_train_step(cfg, grad_route=pretrain.grad_route_for(False),

@@ -5,10 +5,10 @@
 MSE on ``logits[:, 0]`` for STS-B), global-norm clipping, and the original's AdamW with
 layer-wise learning-rate decay (optimization._get_layer_lrs) under its polynomial schedule with
 linear warmup. The learning rate comes from ``opt_state["step"]`` (a 0-d tensor) and dropout from
-``key`` (a 0-d int64 tensor, :func:`electra_fn.rng.step_key`), so the step compiles once per batch shape
-(eager and compiled runs agree inside ``rng.counter_based()``; otherwise they draw different
-dropout streams, see :mod:`electra_fn.rng`). ``run_seed`` / ``summarize_seeds`` /
-``results_markdown`` are what ``experiments/finetune_glue.py`` is made of.
+``key`` (a 0-d int64 tensor, :func:`electra_fn.rng.step_key`), so the step compiles once per
+batch shape (eager and compiled runs agree inside ``rng.counter_based()``; otherwise they draw
+different dropout streams, see :mod:`electra_fn.rng`). ``run_seed`` / ``summarize_seeds`` /
+``results_markdown`` are what :mod:`electra_fn.glue_run` is made of.
 """
 
 from __future__ import annotations

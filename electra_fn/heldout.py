@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import diagnostics, pretrain
+from . import diagnostics, masking, pretrain
 from .config import PretrainConfig
 from .rng import step_key
 from .runtime import to_device
@@ -37,24 +37,29 @@ def token_counts(data, vocab_size: int) -> torch.Tensor:
     return torch.from_numpy(counts)
 
 
-def make_proposals(counts_V: torch.Tensor) -> dict[str, torch.Tensor]:
+def make_proposals(counts_V: torch.Tensor,
+                   special_ids: tuple[int, ...] = masking.DEFAULT_SPECIAL_IDS
+                   ) -> dict[str, torch.Tensor]:
     """``uniform`` and ``unigram`` (from ``counts_V``, the training split's
-    :func:`token_counts`) log-weights."""
+    :func:`token_counts`) log-weights, ``special_ids`` never proposed."""
     V = counts_V.shape[0]
-    return {"uniform": pretrain.proposal_logits("uniform", V),
-            "unigram": pretrain.proposal_logits("unigram", V, counts_V)}
+    return {"uniform": pretrain.proposal_logits("uniform", V, special_ids=special_ids),
+            "unigram": pretrain.proposal_logits("unigram", V, counts_V, special_ids)}
 
 
-def make_valid_batches(data, batch_size: int, n_batches: int = EVAL_BATCHES) -> list[dict]:
-    """The first ``n_batches`` held-out batches of ``data`` (a ``PretrainData``)."""
+def make_valid_batches(data, batch_size: int, n_batches: int = EVAL_BATCHES,
+                       pad_id: int = 0) -> list[dict]:
+    """The first ``n_batches`` held-out batches of ``data`` (a ``PretrainData``); attention
+    on every token but ``pad_id``."""
     ids, types = data.valid_ids, data.valid_token_types
     n = min(len(ids), n_batches * batch_size)
     out = []
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
         x = torch.from_numpy(ids[rows].astype("int64"))
-        out.append({"input_ids": x, "token_type_ids": torch.from_numpy(types[rows].astype("int64")),
-                    "attention_mask": (x != 0).long()})
+        types_BxL = torch.from_numpy(types[rows].astype("int64"))
+        out.append({"input_ids": x, "token_type_ids": types_BxL,
+                    "attention_mask": (x != pad_id).long()})
     return out
 
 
@@ -118,7 +123,7 @@ def make_eval_fn(cfg: PretrainConfig, counts_V: torch.Tensor, *, amp_dtype=None,
     """The held-out step: the generator's replacements, the fixed proposals and the context
     diagnostics, for a run whose training split has token counts ``counts_V``."""
     return pretrain.make_eval_step(cfg, amp_dtype=amp_dtype, device_type=device_type,
-                                   proposals=make_proposals(counts_V),
+                                   proposals=make_proposals(counts_V, cfg.special_ids),
                                    extra_metrics=diagnostics.context_metrics(
                                        cfg, diagnostics.frequency_rank_V(counts_V)))
 
@@ -142,7 +147,8 @@ FINAL_ROWS += [("shuffle/logit_shift", "shuffled-context logit shift"),
 def final_table(first: dict, final: dict) -> list[str]:
     """The lines of the first-vs-final held-out table printed at the end of a run (metrics
     missing from either, as in a run resumed from an older release, are left out)."""
-    lines = [f"{'held-out':<34}{'step ' + str(first['step']):>12}{'step ' + str(final['step']):>12}"]
+    first_step, final_step = f"step {first['step']}", f"step {final['step']}"
+    lines = [f"{'held-out':<34}{first_step:>12}{final_step:>12}"]
     lines += [f"{lab:<34}{first[k]:>12.4f}{final[k]:>12.4f}"
               for k, lab in FINAL_ROWS if k in first and k in final]
     return lines

@@ -19,7 +19,8 @@ from torch.func import grad_and_value
 from . import losses, masking, model, optim, runtime, sampling
 from . import rng as rnglib
 from .rng import step_key  # noqa: F401 (re-exported as pretrain.step_key)
-from .config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, PretrainConfig
+from .config import PretrainConfig
+from .masking import DEFAULT_SPECIAL_IDS as SPECIAL_IDS
 from .tree import memo_by_structure, tree_flatten, tree_leaves, tree_map, tree_unflatten
 
 Params = dict
@@ -178,15 +179,15 @@ def masked_batch(batch: Batch, key: torch.Tensor, cfg: PretrainConfig) -> dict:
     P = cfg.max_predictions
     noise = mask_noise(key, cfg, B, Lx, ids_BxL.device)
     return masking.mask_batch(ids_BxL, noise, max_predictions=P, mask_prob=cfg.mask_prob,
-                              mask_token_id=MASK_ID,
-                              special_ids=(PAD_ID, CLS_ID, SEP_ID, MASK_ID),
-                              positions=cfg.masking, pad_token_id=PAD_ID)
+                              mask_token_id=cfg.mask_id, special_ids=cfg.special_ids,
+                              positions=cfg.masking, pad_token_id=cfg.pad_id)
 
 
-def proposal_logits(kind: str, vocab_size: int, token_counts_V=None) -> torch.Tensor:
+def proposal_logits(kind: str, vocab_size: int, token_counts_V=None,
+                    special_ids: tuple[int, ...] = SPECIAL_IDS) -> torch.Tensor:
     """Log-weights [V] of a fixed replacement distribution for :func:`fixed_proposal_metrics`:
     ``"uniform"`` (every non-special token alike) or ``"unigram"`` (token frequencies, from
-    ``token_counts_V``, e.g. counted over the training data). Special tokens get -inf."""
+    ``token_counts_V``, e.g. counted over the training data). ``special_ids`` get -inf."""
     if kind == "uniform":
         w_V = torch.ones(vocab_size, dtype=torch.float64)
     elif kind == "unigram":
@@ -198,7 +199,7 @@ def proposal_logits(kind: str, vocab_size: int, token_counts_V=None) -> torch.Te
                              f"({vocab_size},)")
     else:
         raise ValueError(f"proposal kind {kind!r}: expected 'uniform' or 'unigram'")
-    w_V[[PAD_ID, CLS_ID, SEP_ID, MASK_ID]] = 0.0
+    w_V[list(special_ids)] = 0.0
     if not bool((w_V > 0).any()):
         raise ValueError(f"proposal {kind!r} puts no weight on any ordinary token")
     return torch.log(w_V).to(torch.float32)

@@ -106,7 +106,8 @@ def time_steps(cfg: PretrainConfig, data, opts: StepOptions, log: Log = print
     params = tree_map(lambda x: x.to(opts.device), model.init_params(cfg.model, cfg.seed))
     opt = pretrain.init_opt_state(params, cfg)
     step_fn = make_step_fn(cfg, opts, log)
-    it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed)
+    it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed,
+                       pad_id=cfg.pad_id)
     times = []
     for i in range(BUDGET_TIMED_STEPS + 1):
         _, b = next(it)
@@ -167,11 +168,24 @@ def open_run(out: Path, resume: str | None, overwrite: bool) -> tuple[dict | Non
     return state, path
 
 
+def token_ids(tokenizer) -> dict[str, int]:
+    """The tokenizer's special-token ids as :class:`PretrainConfig` fields."""
+    return {"pad_id": tokenizer.pad_id, "cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id,
+            "mask_id": tokenizer.mask_id}
+
+
 def run_tokenizer(out: Path, corpus: list[str], *, vocab_size: int, cache_dir: str | None = None,
-                  source: str | None = None, log: Log = print):
-    """The run's tokenizer in ``out/tokenizer``: trained (or reused from ``cache_dir``) on
-    ``corpus`` and saved for a new run; loaded and checked against the checkpoint's
-    ``vocab_size`` (read from ``source``) when ``cache_dir`` is None."""
+                  source: str | None = None, given: str | None = None, log: Log = print):
+    """The run's tokenizer in ``out/tokenizer``: for a new run ``given`` (a directory with our
+    tokenizer or a WordPiece ``vocab.txt``) or one trained (or reused from ``cache_dir``) on
+    ``corpus``, saved there; on resume (``cache_dir`` None) loaded and checked against the
+    checkpoint's ``vocab_size`` (read from ``source``)."""
+    if given is not None:
+        tokenizer = toklib.load_tokenizer(str(given))
+        log(f"tokenizer: {given} ({type(tokenizer).__name__}, vocabulary "
+            f"{tokenizer.vocab_size})")
+        tokenizer.save(str(out / "tokenizer"))
+        return tokenizer
     if cache_dir is not None:
         log(f"tokenizer: training/reusing a sentencepiece vocabulary on {len(corpus)} file(s)")
         tokenizer = toklib.train_tokenizer(corpus, vocab_size, str(cache_dir), log=log)
@@ -495,6 +509,8 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
         for name in ("metrics.jsonl", "eval.jsonl"):
             rundir.truncate_jsonl(out / name, step)
     device = step_opts.device
+    if loop_opts.plot and not plotting.available():
+        log(f"note: {plotting.PLOT_MISSING}")
     params = tree_map(lambda x: x.to(device), params)
     opt = tree_map(lambda x: x.to(device), opt)
     log(f"parameters: {tree_count(params) / 1e6:.2f}M (generator + discriminator + shared "
@@ -503,7 +519,7 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
         step_fn = make_step_fn(cfg, step_opts, log)
     eval_fn = heldout.make_eval_fn(cfg, heldout.token_counts(data, cfg.model.vocab_size),
                                    amp_dtype=step_opts.amp, device_type=device.type)
-    valid_batches = heldout.make_valid_batches(data, cfg.batch_size)
+    valid_batches = heldout.make_valid_batches(data, cfg.batch_size, pad_id=cfg.pad_id)
 
     def evaluate(p: dict) -> dict:
         return heldout.evaluate(eval_fn, p, valid_batches, cfg.seed, device, cfg)
@@ -535,7 +551,7 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
         hooks.append(stop_at(loop_opts.stop_at_step))
     hooks.append(signals)
     batches = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed,
-                            start=position)
+                            start=position, pad_id=cfg.pad_id)
     with signals:
         code = loop(run, step_fn, batches, step_opts, hooks, pausing=(evaluation, saving),
                     on_pause=refit.pause if refit else None)

@@ -5,10 +5,9 @@
     python -m experiments.pretrain_small --device cuda     # the paper's recipe (1M steps)
     python -m experiments.pretrain_small --resume          # continue the run in --out
 
-Flags are resolved here (:func:`resolve`); the run is :func:`electra_fn.train.pretrain_run`.
-Named configurations live in ``experiments/configs``. Writes into ``--out``: ``config.json``,
-``metrics.jsonl``, ``eval.jsonl``, ``checkpoints/``, ``tokenizer/``, ``hf/``, ``summary.json``
-and ``curves.png``.
+Flags are resolved here (:func:`resolve`), named configurations come from
+``experiments/configs``, and the run is :func:`electra_fn.train.pretrain_run`, which writes
+``config.json``, logs, checkpoints, ``tokenizer/``, ``hf/`` and ``summary.json`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 from electra_fn import checkpoint as ckpt
-from electra_fn import compiling, plotting, runtime, train
+from electra_fn import compiling, runtime, train
 from electra_fn.budget import StepBudget
 from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.data import pretrain_data as pdata
@@ -32,16 +31,15 @@ from experiments import configs
 CPU_DEFAULT_BUDGET_S = 15 * 60
 CPU_DEFAULT_BATCH = 16
 # Flags that define a run: repeated on --resume they must agree with its checkpoint.
-RECIPE_FLAGS = (("preset", "run", "preset"), ("seq_len", "pretrain", "seq_len"),
-                ("batch_size", "pretrain", "batch_size"), ("steps", "pretrain", "total_steps"),
-                ("seed", "pretrain", "seed"), ("lr", "pretrain", "learning_rate"),
-                ("warmup", "pretrain", "warmup_steps"),
-                ("bias_correction", "pretrain", "adam_bias_correction"),
-                ("vocab_size", "model", "vocab_size"),
-                ("generator_multiplier", "model", "generator_multiplier"),
-                ("gen_weight", "pretrain", "gen_weight"), ("disc_weight", "pretrain", "disc_weight"),
-                ("masking", "pretrain", "masking"), ("init", "model", "init"),
-                ("corpus", "run", "corpus"), ("valid", "run", "valid"))
+RECIPE_FLAGS = (
+    ("preset", "run", "preset"), ("seq_len", "pretrain", "seq_len"), ("seed", "pretrain", "seed"),
+    ("batch_size", "pretrain", "batch_size"), ("steps", "pretrain", "total_steps"),
+    ("lr", "pretrain", "learning_rate"), ("warmup", "pretrain", "warmup_steps"),
+    ("bias_correction", "pretrain", "adam_bias_correction"), ("init", "model", "init"),
+    ("vocab_size", "model", "vocab_size"), ("masking", "pretrain", "masking"),
+    ("generator_multiplier", "model", "generator_multiplier"), ("corpus", "run", "corpus"),
+    ("gen_weight", "pretrain", "gen_weight"), ("disc_weight", "pretrain", "disc_weight"),
+    ("valid", "run", "valid"), ("tokenizer", "run", "tokenizer"))
 
 
 def parse_duration(text: str) -> float:
@@ -73,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-bias-correction", dest="bias_correction", action="store_false",
       help="the original's Adam without bias correction (default from 100k steps)")
     a("--vocab-size", type=int, help="vocabulary (default: the preset's, capped by the corpus)")
+    a("--tokenizer", help="use this tokenizer (ours, or a WordPiece vocab.txt dir), not a new one")
     a("--generator-multiplier", type=float, help="generator width / discriminator's (Small 0.25)")
     a("--gen-weight", type=float, help="generator MLM loss weight (default 1)")
     a("--disc-weight", type=float, help="discriminator loss weight (default 50, the paper's)")
@@ -140,6 +139,8 @@ def resolve(flags: dict, device, saved: dict | None = None, source: str = "check
             raise UserError(f"--compile: {e}")
     graph = resolve_graph(f.get("cuda_graph"), use_compile, device)
     if saved is None:
+        if "tokenizer" in f and "vocab_size" in f:
+            raise UserError("--vocab-size and --tokenizer: the tokenizer fixes the vocabulary")
         batch = f.get("batch_size") or (128 if on_gpu else CPU_DEFAULT_BATCH)
         budget = f.get("time_budget")
         if budget is None and f.get("steps") is None and not on_gpu:
@@ -193,8 +194,6 @@ def run(args: argparse.Namespace) -> int:
                              if flags.get(k) == defaults.get_default(k)}}
     device = runtime.resolve_device(flags["device"])
     out = Path(flags["out"])
-    if not args.no_plot and not plotting.available():
-        log(f"note: {plotting.PLOT_MISSING}")  # said up front, not only after the run
     state, resume_from = train.open_run(out, args.resume, args.overwrite)
     try:
         s = resolve(flags, device, state and state["config"], str(resume_from))
@@ -211,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UserError(f"--preset: {e}")
         tokenizer = train.run_tokenizer(out, corpus, vocab_size=flags["vocab_size"] or
-                                        base.vocab_size, cache_dir=args.cache_dir, log=log)
+                                        base.vocab_size, cache_dir=args.cache_dir,
+                                        given=flags["tokenizer"], log=log)
     else:
         cfg = s["cfg"]
         if args.time_budget is not None:
@@ -229,8 +229,8 @@ def run(args: argparse.Namespace) -> int:
         recipe = PretrainConfig(
             model=base.replace(vocab_size=tokenizer.vocab_size, **s["model"]), seq_len=seq_len,
             batch_size=s["batch_size"], total_steps=s["steps"] or 1_000_000, seed=seed,
-            learning_rate=s["lr"], warmup_steps=0, **s["recipe"])
-        run_info = {"preset": s["preset"], "config": args.config,
+            learning_rate=s["lr"], warmup_steps=0, **s["recipe"], **train.token_ids(tokenizer))
+        run_info = {"preset": s["preset"], "config": args.config, "tokenizer": flags["tokenizer"],
                     "corpus": [str(c) for c in corpus], "valid": s["valid"]}
         cfg, run_info, step_fn = train.start_run(
             recipe, data, out, step_opts=step_opts, budget=budget, warmup=s["warmup"],

@@ -422,3 +422,32 @@ def test_grad_route_per_mode():
     assert grad_route_for(compiled=False) == "autograd"
 
 
+
+
+def test_special_ids_come_from_the_config_as_in_a_wordpiece_vocabulary():
+    """A BERT WordPiece layout ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103): as the
+    original's candidates mask, [CLS]/[SEP]/[PAD] are never masked, masked slots take 103, and
+    the fixed proposals never offer the specials."""
+    cfg = CFG.replace(model=TINY.replace(vocab_size=200, max_position_embeddings=32),
+                      cls_id=101, sep_id=102, mask_id=103)
+    g = torch.Generator().manual_seed(11)
+    B, L = 4, 32
+    ids = torch.randint(110, 200, (B, L), generator=g)
+    ids[:, 0], ids[:, L // 2], ids[:, -1] = 101, 102, 102
+    ids[1, 20:] = 0
+    mask = (ids != 0).long()
+    batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask}
+    for i in range(5):
+        mb = pretrain.masked_batch(batch, pretrain.step_key(4, i), cfg)
+        pos = mb["positions_BxP"][mb["weights_BxP"] > 0]
+        rows = torch.arange(B)[:, None].expand_as(mb["positions_BxP"])[mb["weights_BxP"] > 0]
+        assert not bool(torch.isin(ids[rows, pos], torch.tensor([0, 101, 102, 103])).any())
+        changed = mb["masked_ids_BxL"] != ids
+        assert bool((mb["masked_ids_BxL"][changed] == 103).all()) and bool(changed.any())
+    with pytest.raises(ValueError, match="four different ids"):
+        cfg.replace(mask_id=101)
+    logits_V = pretrain.proposal_logits("uniform", 200, special_ids=cfg.special_ids)
+    assert torch.isinf(logits_V[[0, 101, 102, 103]]).all() and torch.isfinite(logits_V[104:]).all()
+    params, opt = _init(cfg)
+    _, _, m = pretrain.make_train_step(cfg)(params, opt, batch, pretrain.step_key(0, 0))
+    assert torch.isfinite(m["loss"])

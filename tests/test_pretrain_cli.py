@@ -659,3 +659,34 @@ def test_named_configs_load_and_flags_win(tmp_path, cache):
     assert config["pretrain"]["total_steps"] == 3 and config["run"]["config"] == "smoke"
     assert config["pretrain"]["batch_size"] == 4 and config["run"]["preset"] == "tiny"
     assert config["run"]["commit"] and config["run"]["versions"]["torch"]
+
+
+def test_pretraining_with_a_wordpiece_vocabulary_uses_its_special_ids(tmp_path, cache):
+    """--tokenizer with a BERT-style vocab.txt ([CLS] 101, [SEP] 102, [MASK] 103): the run
+    records those ids, never masks them, and exports a tokenizer transformers reads."""
+    pytest.importorskip("tokenizers")
+    import re as re_
+
+    words = sorted({w for f in CORPUS.rglob("*.txt")
+                    for w in re_.findall(r"[a-z]+", f.read_text(encoding="utf-8").lower())})
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]",
+                                                                "[MASK]"] + words[:400]
+    tok_dir = tmp_path / "wordpiece"
+    tok_dir.mkdir()
+    (tok_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    args = [a for a in _args(out, cache, "--steps", 3, "--tokenizer", tok_dir)]
+    i = args.index("--vocab-size")
+    del args[i:i + 2]  # the tokenizer fixes the vocabulary
+    r = _ok(_main_in_process(args))
+    assert "WordPieceTokenizer" in r.stdout
+    config = orjson.loads((out / "config.json").read_bytes())
+    p = config["pretrain"]
+    assert (p["pad_id"], p["cls_id"], p["sep_id"], p["mask_id"]) == (0, 101, 102, 103)
+    assert p["model"]["vocab_size"] == len(vocab) and config["run"]["tokenizer"] == str(tok_dir)
+    assert [row["step"] for row in _rows(out / "metrics.jsonl")] == [1, 2, 3]
+    # a resumed run keeps its tokenizer: another --tokenizer is refused
+    bad = _main_in_process(args[:i] + args[i:] + ["--resume", "--tokenizer", str(tmp_path)])
+    assert bad.returncode == 2 and "--tokenizer" in bad.stderr, bad.stderr
+    both = _main_in_process(_args(tmp_path / "other", cache, "--tokenizer", tok_dir))
+    assert both.returncode == 2 and "the tokenizer fixes the vocabulary" in both.stderr
