@@ -29,7 +29,7 @@ the elementwise ops and computes vocabulary logits at every position.
 
 from __future__ import annotations
 
-from .config import EncoderConfig, ModelConfig
+from .config import EncoderConfig, ModelConfig, PretrainConfig
 
 PARTS = ("generator_encoder", "generator_attention", "generator_head",
          "discriminator_encoder", "discriminator_attention", "discriminator_head")
@@ -112,3 +112,17 @@ def electra_step_flops(cfg, *, attention_recompute: bool = False) -> dict:
 def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float) -> float:
     """Model FLOPs utilisation: achieved model FLOP/s over the peak FLOP/s."""
     return tokens_per_second * flops_per_token / peak_flops
+
+
+PAPER_SMALL_STEPS = 1_000_000  # ELECTRA-Small: 1M steps of batch 128 x 128
+
+
+def pretraining_compute(cfg, steps: int) -> dict:
+    """The training FLOPs of ``steps`` steps of ``cfg`` (a :class:`PretrainConfig`), and that
+    as a fraction of the paper's ELECTRA-Small run counted the same way (1M steps of its
+    config), to place a run on the paper's compute axis (6.25% ... 100%)."""
+    per_step = electra_step_flops(cfg)["total"]
+    paper = electra_step_flops(PretrainConfig())["total"] * PAPER_SMALL_STEPS
+    return {"flops_per_step": per_step, "flops": per_step * steps,
+            "paper_small_flops": paper, "paper_fraction": per_step * steps / paper}
+

@@ -43,6 +43,7 @@ class GlueOptions:
     title: str = "GLUE dev results"
     export_hf: bool = False  # the best dev seed's model to out/hf/<task> for transformers
     tokenizer_dir: Path | None = None  # exported beside it
+    skip_done: bool = False  # keep a task whose <task>.json holds these seeds (a resumed run)
 
 
 def progress_bar(desc: str, total_rows: int, disable: bool):
@@ -74,6 +75,16 @@ def write_table(out: Path, title: str) -> None:
                                     encoding="utf-8")
 
 
+def done_before(path: Path, opts: GlueOptions) -> bool:
+    """Whether ``path`` holds a finished task with these seeds and this training subsample."""
+    try:
+        r = rundir.read_json(path)
+    except (OSError, ValueError):
+        return False
+    return ([s["seed"] for s in r.get("seeds", [])] == list(opts.seeds)
+            and (r.get("data") or {}).get("max_train_examples") == opts.max_train_examples)
+
+
 def run_glue(tasks: list[str], params, model_cfg: ModelConfig, tokenizer, ckpt_info: dict,
              ft_cfg: FinetuneConfig, opts: GlueOptions, log: Log = print) -> int:
     """Fine-tune ``params`` (None: random init) on each task for every seed; returns the exit
@@ -86,6 +97,9 @@ def run_glue(tasks: list[str], params, model_cfg: ModelConfig, tokenizer, ckpt_i
     done = []
     for task in tasks:
         spec = get_task(task)
+        if opts.skip_done and done_before(out / f"{spec.name}.json", opts):
+            log(f"{spec.name}: done before ({out / f'{spec.name}.json'}), kept")
+            continue
         try:
             splits = load_task(opts.glue_dir, spec, tokenizer, max_len=max_len,
                                cache_dir=cache_dir, tokenizer_id=tokenizer.fingerprint,

@@ -21,7 +21,8 @@ from typing import Callable
 import torch
 
 from . import checkpoint as ckpt
-from . import compiling, cuda_graph, heldout, hf, model, plotting, pretrain, rundir, runtime
+from . import (compiling, cuda_graph, flops, heldout, hf, model, plotting, pretrain, rundir,
+               runtime)
 from .budget import Pacer, StepBudget
 from .config import PretrainConfig
 from .data import pretrain_data as pdata
@@ -575,6 +576,7 @@ def finish(run: Run, evaluate: Callable[[dict], dict], device: torch.device, plo
     wall = time.time() - t_start
     summary = {"steps": run.step, "wall_time_s": wall, "device": str(device),
                "tokens_seen": run.step * run.cfg.batch_size * run.cfg.seq_len,
+               "compute": flops.pretraining_compute(run.cfg, run.step),
                "held_out_first": first, "held_out_final": final,
                "hf_export": {k: str(v) for k, v in written.items()},
                "provenance": runtime.provenance()}

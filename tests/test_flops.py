@@ -53,3 +53,14 @@ def test_analytic_flops_match_flop_counter_for_our_step(route, dropout):
     fused = bench.uses_fused_attention(per_op)
     analytic = flopslib.electra_step_flops(cfg, attention_recompute=fused)["total"]
     assert abs(counted - analytic) <= 0.05 * analytic, (counted, analytic, per_op)
+
+
+def test_pretraining_compute_puts_a_run_on_the_papers_axis():
+    """1M steps of the paper's config is 100% of its compute; 62,500 steps 6.25%; a smaller
+    batch costs proportionally less."""
+    paper = PretrainConfig()
+    assert flopslib.pretraining_compute(paper, 1_000_000)["paper_fraction"] == pytest.approx(1.0)
+    assert flopslib.pretraining_compute(paper, 62_500)["paper_fraction"] == pytest.approx(0.0625)
+    small = flopslib.pretraining_compute(paper.replace(batch_size=16), 1000)
+    assert small["flops"] == 1000 * small["flops_per_step"]
+    assert small["paper_fraction"] == pytest.approx(1000 / 1e6 / 8, rel=1e-6)

@@ -111,4 +111,5 @@ def test_pretrain_run_stopped_and_resumed_equals_a_straight_run(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 6
     summary = rundir.read_json(out_b / "summary.json")
     assert summary["steps"] == 6 and "commit" in summary["provenance"]
+    assert summary["compute"]["flops"] == 6 * summary["compute"]["flops_per_step"] > 0
     assert (out_b / "hf" / "discriminator" / "config.json").is_file()

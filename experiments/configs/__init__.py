@@ -2,7 +2,8 @@
 
 Each module here is one documented run: its docstring opens with the command, the expected
 wall time and the result it reached (with the record that holds it); ``FLAGS`` maps the
-command line's flag names (underscored) to values. Flags given on the command line win.
+command line's flag names (underscored) to values; ``GLUE`` (optional) the fine-tuning
+defaults of ``experiments.reproduce``. Flags given on the command line win.
 """
 
 from __future__ import annotations
@@ -23,3 +24,10 @@ def load(name: str) -> dict:
     if name not in names():
         raise UserError(f"--config {name}: unknown (known: {', '.join(names())})")
     return dict(importlib.import_module(f"{__name__}.{name}").FLAGS)
+
+
+def glue(name: str) -> dict:
+    """The GLUE settings of configuration ``name`` for ``experiments.reproduce`` ({} if none)."""
+    load(name)  # the same check and error
+    return dict(getattr(importlib.import_module(f"{__name__}.{name}"), "GLUE", {}))
+
