@@ -106,14 +106,15 @@ def default_grad_route(mode: CompileMode) -> str:
 def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_labels: int,
                        is_regression: bool, total_steps: int, *,
                        amp_dtype: torch.dtype | None = None, device_type: str = "cpu",
-                       grad_route: str = "func") -> Callable:
+                       grad_route: str = "func", foreach: bool = True) -> Callable:
     """Build the pure ``step(ft_params, opt_state, batch, key)`` (wrap with :func:`compile_fn`).
 
     ``batch`` holds input_ids, token_type_ids, attention_mask [B, L] and labels [B] (int64
     class ids, or float32 scores when ``is_regression``); other keys are ignored. ``metrics``
     are 0-d tensors: loss, grad_norm, lr (and accuracy for classification).
     ``amp_dtype=torch.bfloat16`` runs the network under autocast (float32 master weights,
-    optimizer and loss); ``grad_route`` as in :func:`electra_fn.pretrain.grad_fn`.
+    optimizer and loss); ``grad_route`` as in :func:`electra_fn.pretrain.grad_fn`;
+    ``foreach=False`` updates leaf by leaf, as ``torch.func.vmap`` needs (:func:`train_seeds`).
     """
     if is_regression and num_labels != 1:
         raise ValueError(f"regression needs num_labels=1, got {num_labels}")
@@ -137,7 +138,7 @@ def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_label
         lr_scale = lr_scale_of(ft_params)
         decay_mask = decay_mask_of(ft_params)
         grads, (loss, metrics) = grads_of(ft_params, batch, key)
-        grads, gnorm = optim.clip_by_global_norm(grads, ft_cfg.clip_norm)
+        grads, gnorm = optim.clip_by_global_norm(grads, ft_cfg.clip_norm, foreach)
         step_t = opt_state["step"]
         lr = optim.electra_lr(step_t, peak_lr=ft_cfg.learning_rate, total_steps=total_steps,
                               warmup_steps=warmup)
@@ -145,7 +146,8 @@ def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_label
             ft_params, grads, opt_state["adam"], lr, b1=ft_cfg.adam_b1, b2=ft_cfg.adam_b2,
             eps=ft_cfg.adam_eps, weight_decay=ft_cfg.weight_decay,
             decay_mask=decay_mask, lr_scale=lr_scale,
-            bias_correction_step=step_t + 1 if ft_cfg.adam_bias_correction else None)
+            bias_correction_step=step_t + 1 if ft_cfg.adam_bias_correction else None,
+            foreach=foreach)
         metrics = dict(metrics, grad_norm=gnorm.detach(), lr=lr.detach())
         return new_params, {"adam": new_adam, "step": step_t + 1}, metrics
 
@@ -275,11 +277,12 @@ def train(ft_params: Params, train_split: EncodedSplit, model_cfg: ModelConfig,
           ft_cfg: FinetuneConfig, task: str | TaskSpec, *, seed: int,
           compile_mode: CompileMode = "eager", device: str | torch.device = "cpu",
           amp_dtype: torch.dtype | None = None,
-          progress: ProgressFn | None = None) -> tuple[Params, dict]:
+          progress: ProgressFn | None = None,
+          pad_widths: list[int] | None = None) -> tuple[Params, dict]:
     """Fine-tune for the task's epochs on batches shuffled by (seed, epoch) (sorted by length
     within chunks if ``ft_cfg.length_bucketing``), regression targets divided by the task's
     ``target_scale``; ``amp_dtype=torch.bfloat16`` trains under autocast with float32 master
-    weights.
+    weights. ``pad_widths``: pad step i's batch to that width (as :func:`train_seeds` does).
 
     Returns (ft_params, info) with info = total_steps, epochs, examples, first/last losses.
     Metrics handed to ``progress`` are tensors: read them (``.item()``) only when logging.
@@ -300,6 +303,8 @@ def train(ft_params: Params, train_split: EncodedSplit, model_cfg: ModelConfig,
         for batch in bucket_batches(train_split, ft_cfg.batch_size, shuffle=True, seed=seed,
                                     epoch=epoch, pad_to_multiple_of=pad_multiple_for(compile_mode),
                                     sort_by_length=ft_cfg.length_bucketing):
+            if pad_widths is not None:
+                batch = _pad_width(batch, pad_widths[step], train_split.pad_id)
             if spec.is_regression and spec.target_scale != 1.0:
                 batch = {**batch, "labels": batch["labels"] / spec.target_scale}
             key = step_key(seed, step)  # keys stay on the CPU (electra_fn.rng)
@@ -314,6 +319,80 @@ def train(ft_params: Params, train_split: EncodedSplit, model_cfg: ModelConfig,
     info = {"total_steps": total, "epochs": epochs, "train_examples": len(train_split),
             "first_loss": float(losses_np[:k].mean()), "last_loss": float(losses_np[-k:].mean())}
     return ft_params, info
+
+
+def _stack(trees: list) -> Params:
+    return tree_map(lambda *xs: torch.stack(xs), *trees)
+
+
+def _unstack(tree: Params, n: int) -> list:
+    return [tree_map(lambda x, i=i: x[i], tree) for i in range(n)]
+
+
+def _pad_width(batch: Batch, width: int, pad_id: int) -> Batch:
+    extra = width - batch["input_ids"].shape[1]
+    if extra == 0:
+        return batch
+    pad = {"input_ids": pad_id, "token_type_ids": 0, "attention_mask": 0}
+    return {k: torch.nn.functional.pad(v, (0, extra), value=pad[k]) if k in pad else v
+            for k, v in batch.items()}
+
+
+def train_seeds(ft_params: list[Params], train_split: EncodedSplit, model_cfg: ModelConfig,
+                ft_cfg: FinetuneConfig, task: str | TaskSpec, *, seeds: list[int],
+                device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
+                progress: ProgressFn | None = None) -> list[tuple[Params, dict]]:
+    """Fine-tune several seeds at once: one ``torch.func.vmap`` of the pure step over the
+    seeds' stacked parameters, optimizer states, batches (each seed's own shuffle, padded to a
+    common width) and keys. Batched, dropout comes from the counter-based generator (the
+    compiled step's; the native one cannot be batched), whose draws depend on the padded
+    width: each seed equals :func:`train` inside ``rng.counter_based()`` with the same
+    ``pad_widths`` (returned in the info). Returns :func:`train`'s pairs."""
+    from . import rng as rnglib
+
+    if len(ft_params) != len(seeds) or not seeds:
+        raise ValueError(f"train_seeds: {len(ft_params)} parameter trees for seeds {seeds}")
+    spec = get_task(task)
+    device = torch.device(device)
+    epochs = ft_cfg.num_epochs(spec.num_epochs)
+    total = epochs * batches_per_epoch(len(train_split), ft_cfg.batch_size)
+    if total == 0:
+        raise ValueError(f"{spec.name}: empty training split {train_split.path}")
+    step_fn = make_finetune_step(model_cfg, ft_cfg, spec.num_labels, spec.is_regression, total,
+                                 amp_dtype=amp_dtype, device_type=device.type,
+                                 grad_route="func", foreach=False)
+    batched = torch.func.vmap(step_fn, randomness="error")
+    params = _stack([tree_map(lambda t: t.to(device), p) for p in ft_params])
+    opt_state = _stack([init_finetune_state(p) for p in ft_params])
+    losses_seen: list[torch.Tensor] = []
+    widths: list[int] = []
+    step = 0
+    with rnglib.counter_based():
+        for epoch in range(epochs):
+            per_seed = [bucket_batches(train_split, ft_cfg.batch_size, shuffle=True, seed=s,
+                                       epoch=epoch, sort_by_length=ft_cfg.length_bucketing)
+                        for s in seeds]
+            for group in zip(*per_seed):
+                width = max(b["input_ids"].shape[1] for b in group)
+                widths.append(width)
+                group = [_to_device(_pad_width(b, width, train_split.pad_id), device)
+                         for b in group]
+                batch = _stack(group)
+                if spec.is_regression and spec.target_scale != 1.0:
+                    batch = {**batch, "labels": batch["labels"] / spec.target_scale}
+                keys = torch.stack([step_key(s, step) for s in seeds])
+                params, opt_state, metrics = batched(params, opt_state, batch, keys)
+                losses_seen.append(metrics["loss"])
+                step += 1
+                if progress is not None:
+                    progress(step, total, int(batch["input_ids"].shape[1]) * len(seeds),
+                             {k: v.mean() for k, v in metrics.items()})
+    losses_SxT = torch.stack(losses_seen, dim=1).to("cpu").numpy()
+    k = max(1, min(total // 4, 20))
+    return [(p, {"total_steps": total, "epochs": epochs, "train_examples": len(train_split),
+                 "first_loss": float(losses_SxT[i, :k].mean()),
+                 "last_loss": float(losses_SxT[i, -k:].mean()), "pad_widths": widths})
+            for i, p in enumerate(_unstack(params, len(seeds)))]
 
 
 def run_seed(pretrained: Params | None, model_cfg: ModelConfig, splits: dict[str, EncodedSplit],
@@ -336,6 +415,45 @@ def run_seed(pretrained: Params | None, model_cfg: ModelConfig, splits: dict[str
                             compile_mode=compile_mode, device=device, amp_dtype=amp_dtype,
                             progress=progress)
     train_s = time.perf_counter() - t0
+    out = _evaluate_seed(ft_params, model_cfg, splits, spec, compile_mode, amp_dtype, device,
+                         eval_batch_size)
+    out = {"seed": seed, **out, "train": info, "train_s": train_s,
+           "wall_s": time.perf_counter() - t0}
+    if keep_params:
+        out["params"] = tree_map(lambda t: t.detach().to("cpu"), ft_params)
+    return out
+
+
+def run_seeds(pretrained: Params | None, model_cfg: ModelConfig, splits: dict[str, EncodedSplit],
+              task: str | TaskSpec, ft_cfg: FinetuneConfig, seeds: list[int], *,
+              device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
+              progress: ProgressFn | None = None, eval_batch_size: int = 128,
+              keep_params: bool = False) -> list[dict]:
+    """:func:`run_seed` for every seed, trained together (:func:`train_seeds`, one batched
+    step; counter-based dropout); the training time is shared out evenly."""
+    spec = get_task(task)
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    inits = [init_finetune(pretrained, model_cfg, spec.num_labels, s) for s in seeds]
+    trained = train_seeds(inits, splits["train"], model_cfg, ft_cfg, spec, seeds=seeds,
+                          device=device, amp_dtype=amp_dtype, progress=progress)
+    train_s = (time.perf_counter() - t0) / len(seeds)
+    runs = []
+    for seed, (ft_params, info) in zip(seeds, trained):
+        t1 = time.perf_counter()
+        out = _evaluate_seed(ft_params, model_cfg, splits, spec, "eager", amp_dtype, device,
+                             eval_batch_size)
+        out = {"seed": seed, **out, "train": {**info, "batched_seeds": list(seeds)},
+               "train_s": train_s, "wall_s": train_s + time.perf_counter() - t1}
+        if keep_params:
+            out["params"] = tree_map(lambda t: t.detach().to("cpu"), ft_params)
+        runs.append(out)
+    return runs
+
+
+def _evaluate_seed(ft_params: Params, model_cfg: ModelConfig, splits: dict[str, EncodedSplit],
+                   spec: TaskSpec, compile_mode: CompileMode, amp_dtype, device: torch.device,
+                   eval_batch_size: int) -> dict:
     predict = cached_predict(model_cfg, compile_mode, amp_dtype, device.type)
     kw = dict(is_regression=spec.is_regression, target_scale=spec.target_scale,
               batch_size=eval_batch_size,
@@ -347,11 +465,7 @@ def run_seed(pretrained: Params | None, model_cfg: ModelConfig, splits: dict[str
         metrics.update(m if i == 0 else {f"{split}/{k}": v for k, v in m.items()})
     test_predictions = {split: predict_split(predict, ft_params, splits[split], **kw)
                         for split in spec.test_splits if split in splits}
-    out = {"seed": seed, "metrics": metrics, "test_predictions": test_predictions,
-           "train": info, "train_s": train_s, "wall_s": time.perf_counter() - t0}
-    if keep_params:
-        out["params"] = tree_map(lambda t: t.detach().to("cpu"), ft_params)
-    return out
+    return {"metrics": metrics, "test_predictions": test_predictions}
 
 
 # -- summaries and reports ----------------------------------------------------------------
@@ -542,7 +656,8 @@ __all__ = [
     "init_finetune", "init_finetune_state", "step_key", "num_warmup_steps",
     "finetune_lr_scales", "task_loss", "make_finetune_step", "make_predict", "compile_fn",
     "cached_step", "cached_predict", "default_compile_mode", "pad_multiple_for",
-    "batches_per_epoch", "subsample", "predict_split", "evaluate", "train", "run_seed",
+    "batches_per_epoch", "subsample", "predict_split", "evaluate", "train", "train_seeds",
+    "run_seed", "run_seeds",
     "summarize_seeds", "best_seed_index", "results_markdown", "resolve_checkpoint",
     "tokenizer_file", "load_finetune_inputs", "max_len_for", "aggregate_results",
     "write_submission", "collect_results",

@@ -44,6 +44,7 @@ class GlueOptions:
     export_hf: bool = False  # the best dev seed's model to out/hf/<task> for transformers
     tokenizer_dir: Path | None = None  # exported beside it
     skip_done: bool = False  # keep a task whose <task>.json holds these seeds (a resumed run)
+    batch_seeds: bool = False  # train the seeds together, one vmapped step (FT.run_seeds)
 
 
 def progress_bar(desc: str, total_rows: int, disable: bool):
@@ -119,21 +120,29 @@ def run_glue(tasks: list[str], params, model_cfg: ModelConfig, tokenizer, ckpt_i
         epochs = ft_cfg.num_epochs(spec.num_epochs)
         t_task = time.perf_counter()
         runs, best_params = [], None
-        for seed in opts.seeds:
-            bar, progress = progress_bar(f"{spec.name} seed {seed}",
-                                         epochs * len(splits["train"]), not opts.progress)
+        main = main_metric(spec.name)
+        for group in ([list(opts.seeds)] if opts.batch_seeds else [[s] for s in opts.seeds]):
+            name = f"{spec.name} seed{'s' if len(group) > 1 else ''} " + ",".join(map(str, group))
+            bar, progress = progress_bar(name, epochs * len(splits["train"]) * len(group),
+                                         not opts.progress)
             with bar:
-                run = FT.run_seed(params, model_cfg, splits, spec, ft_cfg.replace(seed=seed),
-                                  seed, compile_mode=opts.compile_mode, device=opts.device,
-                                  amp_dtype=opts.amp, progress=progress,
-                                  keep_params=opts.export_hf)
-            params_now = run.pop("params", None)
-            main = main_metric(spec.name)
-            log(f"{spec.name} seed {seed}: {main} {100 * run['metrics'][main]:.2f} "
-                f"({run['wall_s']:.0f} s)")
-            runs.append(run)
-            if FT.best_seed_index([r["metrics"] for r in runs], spec) == len(runs) - 1:
-                best_params = params_now  # only the best seed's parameters are kept
+                if opts.batch_seeds:
+                    done = FT.run_seeds(params, model_cfg, splits, spec, ft_cfg, group,
+                                        device=opts.device, amp_dtype=opts.amp,
+                                        progress=progress, keep_params=opts.export_hf)
+                else:
+                    done = [FT.run_seed(params, model_cfg, splits, spec,
+                                        ft_cfg.replace(seed=group[0]), group[0],
+                                        compile_mode=opts.compile_mode, device=opts.device,
+                                        amp_dtype=opts.amp, progress=progress,
+                                        keep_params=opts.export_hf)]
+            for run in done:
+                params_now = run.pop("params", None)
+                log(f"{spec.name} seed {run['seed']}: {main} {100 * run['metrics'][main]:.2f} "
+                    f"({run['wall_s']:.0f} s)")
+                runs.append(run)
+                if FT.best_seed_index([r["metrics"] for r in runs], spec) == len(runs) - 1:
+                    best_params = params_now  # only the best seed's parameters are kept
         result = FT.aggregate_results(spec.name, runs)
         best = FT.best_seed_index([r["metrics"] for r in runs], spec)
         if opts.export_hf:
@@ -156,7 +165,8 @@ def run_glue(tasks: list[str], params, model_cfg: ModelConfig, tokenizer, ckpt_i
                                    for s, v in splits.items()}},
             config={"finetune": ft_cfg.to_dict(), "model": model_cfg.to_dict(), **ckpt_info,
                     "device": opts.device, "dtype": dtype_text, "compile": opts.compile_mode,
-                    "seeds": list(opts.seeds), "epochs": epochs, "max_len": max_len},
+                    "seeds": list(opts.seeds), "batch_seeds": opts.batch_seeds,
+                    "epochs": epochs, "max_len": max_len},
             provenance=runtime.provenance(),
             seconds_per_1000_examples_per_epoch=1000 * sum(r["train_s"] for r in runs)
             / (len(runs) * epochs * n_train))

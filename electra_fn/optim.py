@@ -15,6 +15,25 @@ from electra_fn.tree import (Tree, tree_flatten, tree_leaves, tree_map, tree_map
                              tree_unflatten)
 
 
+class _ListOps:
+    """Elementwise ops over lists of tensors: one multi-tensor ``torch._foreach_*`` kernel each
+    (``foreach=True``), or one op per tensor, which ``torch.func.vmap`` can batch (it has no
+    rules for the multi-tensor ops)."""
+
+    def __init__(self, foreach: bool):
+        self.foreach = foreach
+
+    def __getattr__(self, name: str):
+        if self.foreach:
+            return getattr(torch, f"_foreach_{name}")
+        op = getattr(torch, name)
+
+        def per_tensor(xs, *others, **kw):
+            others = [o if isinstance(o, (list, tuple)) else [o] * len(xs) for o in others]
+            return [op(x, *rest, **kw) for x, *rest in zip(xs, *others)]
+        return per_tensor
+
+
 def adamw_init(params: Tree) -> dict:
     """Zero first and second moments (float32) with the structure of ``params``."""
     def zeros(p: torch.Tensor) -> torch.Tensor:
@@ -35,7 +54,8 @@ def adamw_update(params: Tree, grads: Tree, state: dict, lr: torch.Tensor, *,
                  b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
                  weight_decay: float = 0.01, decay_mask: Tree | None = None,
                  lr_scale: Tree | None = None,
-                 bias_correction_step: torch.Tensor | None = None) -> tuple[Tree, dict]:
+                 bias_correction_step: torch.Tensor | None = None,
+                 foreach: bool = True) -> tuple[Tree, dict]:
     """One step of AdamWeightDecayOptimizer: Adam without bias correction, decoupled decay.
 
     m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;  u = m / (sqrt(v) + eps) [+ wd p];
@@ -48,7 +68,9 @@ def adamw_update(params: Tree, grads: Tree, state: dict, lr: torch.Tensor, *,
     ``params`` of Python constants, or None for "decay everything" / "scale 1". Every leaf
     of ``grads`` must be a tensor (the original skips None grads; we never produce them).
     Moments are float32 (from :func:`adamw_init`); the new params keep each param's dtype.
+    ``foreach=False`` runs one op per leaf (the same numbers; what ``vmap`` needs).
     """
+    ops = _ListOps(foreach)
     p_leaves, spec = tree_flatten(params)
     g_leaves = tree_leaves(grads)
     m_leaves, v_leaves = tree_leaves(state["m"]), tree_leaves(state["v"])
@@ -66,30 +88,30 @@ def adamw_update(params: Tree, grads: Tree, state: dict, lr: torch.Tensor, *,
         p_math = [p.to(torch.promote_types(p.dtype, torch.float32)) for p in p_leaves]
     if any(g.dtype != p.dtype for g, p in zip(g_leaves, p_math)):
         g_leaves = [g.to(p.dtype) for g, p in zip(g_leaves, p_math)]
-    m_new = torch._foreach_add(torch._foreach_mul(m_leaves, b1), g_leaves, alpha=1.0 - b1)
-    v_new = torch._foreach_addcmul(torch._foreach_mul(v_leaves, b2), g_leaves, g_leaves,
+    m_new = ops.add(ops.mul(m_leaves, b1), g_leaves, alpha=1.0 - b1)
+    v_new = ops.addcmul(ops.mul(v_leaves, b2), g_leaves, g_leaves,
                                    value=1.0 - b2)
     if bias_correction_step is None:
-        update = torch._foreach_div(m_new, torch._foreach_add(torch._foreach_sqrt(v_new), eps))
+        update = ops.div(m_new, ops.add(ops.sqrt(v_new), eps))
     else:
         t = bias_correction_step.to(p_math[0].dtype if n else torch.float32)
         c1 = 1.0 / (1.0 - torch.pow(b1, t))
         c2 = torch.rsqrt(1.0 - torch.pow(b2, t))
-        update = torch._foreach_div(
-            torch._foreach_mul(m_new, c1),
-            torch._foreach_add(torch._foreach_mul(torch._foreach_sqrt(v_new), c2), eps))
+        update = ops.div(
+            ops.mul(m_new, c1),
+            ops.add(ops.mul(ops.sqrt(v_new), c2), eps))
     # "if self.weight_decay_rate > 0: update += weight_decay_rate * param" (decoupled decay).
     decayed = [i for i in range(n) if decay[i]] if weight_decay > 0 else []
     if decayed:
-        with_decay = torch._foreach_add([update[i] for i in decayed],
+        with_decay = ops.add([update[i] for i in decayed],
                                         [p_math[i] for i in decayed], alpha=weight_decay)
         update = list(update)
         for i, u in zip(decayed, with_decay):
             update[i] = u
-    step = torch._foreach_mul(update, lr)
+    step = ops.mul(update, lr)
     if any(s != 1.0 for s in scale):
-        step = torch._foreach_mul(step, scale)
-    p_new = list(torch._foreach_sub(p_math, step))
+        step = ops.mul(step, scale)
+    p_new = list(ops.sub(p_math, step))
     if any(p.dtype != d.dtype for p, d in zip(p_new, p_leaves)):
         p_new = [p.to(d.dtype) for p, d in zip(p_new, p_leaves)]
 
@@ -112,26 +134,29 @@ def default_decay_mask(params: Tree) -> Tree:
     return tree_map_with_path(decays, params)
 
 
-def global_norm(tree: Tree) -> torch.Tensor:
+def global_norm(tree: Tree, foreach: bool = True) -> torch.Tensor:
     """sqrt of the sum of squares of every element of every leaf (float32, 0-d)."""
     leaves = [x.to(torch.float32) for x in tree_leaves(tree)]
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(leaves)))
+    norms = (torch._foreach_norm(leaves) if foreach
+             else [torch.linalg.vector_norm(x) for x in leaves])
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
-def clip_by_global_norm(grads: Tree, max_norm: float | torch.Tensor) -> tuple[Tree, torch.Tensor]:
+def clip_by_global_norm(grads: Tree, max_norm: float | torch.Tensor,
+                        foreach: bool = True) -> tuple[Tree, torch.Tensor]:
     """tf.clip_by_global_norm: g * max_norm / max(norm, max_norm); returns (clipped, norm).
 
     The original clips with max_norm 1.0 (optimization.create_optimizer). A non-finite norm
     makes every gradient NaN, as in TensorFlow.
     """
     leaves, spec = tree_flatten(grads)
-    norm = global_norm(leaves)
+    norm = global_norm(leaves, foreach)
     if isinstance(max_norm, torch.Tensor):
         factor = max_norm / torch.maximum(norm, max_norm.to(norm))
     else:  # a number stays a scalar operand (no tensor made from host data on the device)
         factor = max_norm / norm.clamp_min(max_norm)
     factor = factor + (norm - norm)  # NaN when norm is inf/NaN, as tf.clip_by_global_norm
-    if all(g.dtype == torch.float32 for g in leaves):  # one multi-tensor op
+    if foreach and all(g.dtype == torch.float32 for g in leaves):  # one multi-tensor op
         clipped = list(torch._foreach_mul(leaves, factor))
     else:
         clipped = [(g.to(torch.float32) * factor).to(g.dtype) for g in leaves]

@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="same as --compile eager")
     p.add_argument("--strict", action="store_true", help="fail on malformed rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--batch-seeds", action="store_true",
+                   help="train all seeds of a task together as one vmapped step (counter-based "
+                   "dropout; see electra_fn.finetune.train_seeds)")
     p.add_argument("--export-hf", action="store_true", help="export each task's best dev seed "
                    "to OUT/hf/<task> for transformers' AutoModelForSequenceClassification")
     args = p.parse_args(argv)
@@ -163,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                        Path(args.cache_dir) if args.cache_dir else None, args.strict,
                        not args.no_progress,
                        "GLUE dev results" + (" (from scratch)" if args.from_scratch else ""),
-                       args.export_hf, Path(ckpt_info["tokenizer"]).parent)
+                       args.export_hf, Path(ckpt_info["tokenizer"]).parent,
+                       batch_seeds=args.batch_seeds)
     return run_glue(present, params, model_cfg, tokenizer, ckpt_info, ft_cfg, opts,
                     log=lambda msg: print(msg, file=sys.stderr))
 

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", default="auto")
     a("--dtype", default="auto", choices=("auto", "float32", "bf16"))
     a("--cache-dir", default=None, help="tokenizer/data cache of the pre-training run")
+    a("--batch-seeds", action="store_true", help="fine-tune each task's seeds together, one "
+      "vmapped step (the configuration's default if it says so)")
     return p
 
 
@@ -92,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     for kind, init in (("pretrained", params), ("scratch", None)):
         opts = glue_run.GlueOptions(args.glue_dir, dirs[kind], tuple(range(seeds)), str(device),
                                     amp, "eager", limit, out / "glue_cache", progress=False,
-                                    title=f"GLUE dev, {kind}", skip_done=True)
+                                    title=f"GLUE dev, {kind}", skip_done=True,
+                                    batch_seeds=args.batch_seeds or glue.get("batch_seeds", False))
         log(f"fine-tuning {kind}: {', '.join(tasks)}, seeds 0-{seeds - 1}"
             + (f", {limit} training examples per task" if limit else ""))
         code = glue_run.run_glue(tasks, init, model_cfg, tokenizer,

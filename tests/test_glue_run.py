@@ -82,3 +82,22 @@ def test_run_glue_writes_results_and_exports_the_best_seed(tokenizer_dir, tmp_pa
         assert hf_tok.convert_tokens_to_ids("[SEP]") == 3
     assert (opts.out / "results.md").read_text().count("|") > 10
     assert any("exported for transformers" in s for s in said)
+
+
+def test_run_glue_batched_seeds_record_each_seed(tokenizer_dir, tmp_path):
+    """--batch-seeds: every seed trained in one vmapped step still gets its own metrics and
+    the same JSON layout."""
+    from electra_fn.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    cfg = ModelConfig.from_name("tiny").replace(vocab_size=tok.vocab_size)
+    opts = glue_run.GlueOptions(str(FIXTURES), tmp_path / "out", seeds=(0, 1, 2),
+                                progress=False, batch_seeds=True)
+    info = {"checkpoint": None, "tokenizer": str(tokenizer_dir / "tokenizer.model")}
+    assert glue_run.run_glue(["mrpc"], None, cfg, tok, info,
+                             FinetuneConfig(epochs=1, max_len=64, batch_size=8), opts,
+                             log=lambda m: None) == 0
+    result = orjson.loads((opts.out / "mrpc.json").read_bytes())
+    assert [s["seed"] for s in result["seeds"]] == [0, 1, 2]
+    assert all(s["train"]["batched_seeds"] == [0, 1, 2] for s in result["seeds"])
+    assert result["config"]["batch_seeds"] is True
