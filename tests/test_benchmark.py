@@ -164,26 +164,29 @@ def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
         assert Path(p["trace"]).is_file() and p["top"]
 
 
-def test_gpu_checks_script_runs_its_device_free_check_on_cpu(tmp_path):
+def test_gpu_checks_script_runs_its_device_free_check_on_cpu(tmp_path, capsys):
     """benchmarks/gpu_checks.py (the device-session checks) on CPU: the HF-parity check passes
     with a tight tolerance and fails with a negative one, and an unknown check is rejected.
     (Its compile checks take many minutes on CPU; the device session runs them on the GPU.)"""
-    base = [sys.executable, "-m", "benchmarks.gpu_checks", "--device", "cpu", "--preset", "tiny",
-            "--layers", "1", "--batch-size", "2", "--seq-len", "32"]
+    args = ["--device", "cpu", "--preset", "tiny", "--layers", "1", "--batch-size", "2",
+            "--seq-len", "32"]
     out = tmp_path / "checks.json"
-    proc = subprocess.run(base + ["--checks", "hf_parity", "--json", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
+    # as a process once (the exit code is the device session's signal), then in-process
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_checks", *args, "--checks",
+                           "hf_parity", "--json", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     r = orjson.loads(out.read_bytes())
     check = r["checks"]["hf_parity"]
     assert r["device"] == "cpu" and check["pass"] and check["relative_loss_diff"] <= 1e-4
     assert check["loss"] > 0 and "PASS hf_parity" in proc.stdout
-    proc = subprocess.run(base + ["--checks", "hf_parity", "--parity-rtol", "-1"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 1 and "FAIL hf_parity" in proc.stdout
-    proc = subprocess.run(base + ["--checks", "nope"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=240)
-    assert proc.returncode == 2 and "unknown check" in proc.stderr
+    from benchmarks import gpu_checks
+
+    assert gpu_checks.main(args + ["--checks", "hf_parity", "--parity-rtol", "-1"]) == 1
+    assert "FAIL hf_parity" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        gpu_checks.main(args + ["--checks", "nope"])
+    assert e.value.code == 2 and "unknown check" in capsys.readouterr().err
 
 
 def test_time_limit_stops_building_variants_and_still_reports(tmp_path):
