@@ -352,6 +352,9 @@ def train_seeds(ft_params: list[Params], train_split: EncodedSplit, model_cfg: M
 
     if len(ft_params) != len(seeds) or not seeds:
         raise ValueError(f"train_seeds: {len(ft_params)} parameter trees for seeds {seeds}")
+    if amp_dtype not in (None, torch.float32):
+        raise ValueError(f"train_seeds: batched seeds train in float32 ({amp_dtype} autocast "
+                         "under torch.func.vmap fails in the backward in this torch)")
     spec = get_task(task)
     device = torch.device(device)
     epochs = ft_cfg.num_epochs(spec.num_epochs)

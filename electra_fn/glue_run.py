@@ -90,6 +90,10 @@ def run_glue(tasks: list[str], params, model_cfg: ModelConfig, tokenizer, ckpt_i
              ft_cfg: FinetuneConfig, opts: GlueOptions, log: Log = print) -> int:
     """Fine-tune ``params`` (None: random init) on each task for every seed; returns the exit
     code (2 for a task whose data cannot be read)."""
+    if opts.batch_seeds and opts.amp not in (None, torch.float32):
+        log("error: batched seeds train in float32 (bf16 autocast under torch.func.vmap fails "
+            "in the backward); pass --dtype float32 with --batch-seeds")
+        return runtime.EXIT_BAD_INPUT
     out = opts.out
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = opts.cache_dir or out / "cache"

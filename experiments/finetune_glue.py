@@ -77,8 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strict", action="store_true", help="fail on malformed rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--batch-seeds", action="store_true",
-                   help="train all seeds of a task together as one vmapped step (counter-based "
-                   "dropout; see electra_fn.finetune.train_seeds)")
+                   help="train all seeds of a task together as one vmapped step (float32, "
+                   "counter-based dropout; see electra_fn.finetune.train_seeds)")
     p.add_argument("--export-hf", action="store_true", help="export each task's best dev seed "
                    "to OUT/hf/<task> for transformers' AutoModelForSequenceClassification")
     args = p.parse_args(argv)

@@ -101,3 +101,17 @@ def test_run_glue_batched_seeds_record_each_seed(tokenizer_dir, tmp_path):
     assert [s["seed"] for s in result["seeds"]] == [0, 1, 2]
     assert all(s["train"]["batched_seeds"] == [0, 1, 2] for s in result["seeds"])
     assert result["config"]["batch_seeds"] is True
+
+
+def test_batched_seeds_refuse_bf16_with_a_clear_message(tokenizer_dir, tmp_path):
+    from electra_fn.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    cfg = ModelConfig.from_name("tiny").replace(vocab_size=tok.vocab_size)
+    opts = glue_run.GlueOptions(str(FIXTURES), tmp_path / "out", seeds=(0, 1), progress=False,
+                                batch_seeds=True, amp=torch.bfloat16)
+    said = []
+    assert glue_run.run_glue(["mrpc"], None, cfg, tok, {}, FinetuneConfig(epochs=1), opts,
+                             log=said.append) == 2
+    assert "--dtype float32 with --batch-seeds" in said[-1]
+    assert not (opts.out / "mrpc.json").exists()
