@@ -13,6 +13,10 @@
 #   original (only when named in STAGES): the paper's recipe as the original runs it (1M-step
 #      schedule, 10k warmup, Adam without bias correction) stopped at ORIGINAL_STEPS (5,000),
 #      held-out evaluation every 500 steps, for the side-by-side with google-research/electra#81.
+#   reproduce (only when named in STAGES): `python -m experiments.reproduce` with REPRO_CONFIG
+#      (default gpu_reproduce: 6 minutes of pre-training on .devdata/corpus, then GLUE from
+#      .devdata/glue from the checkpoint and from scratch); results.md, report.json,
+#      compute.png and the runs' JSON in reproduce.tar.gz.
 # STAGES (default checks,bench,pretrain,compile) picks stages. Everything lands in $OUT (at most 8 files): card.txt session.log checks.json
 # throughput.json throughput.md traces.tar.gz pretrain.tar.gz compile.json
 #
@@ -45,6 +49,9 @@ PRETRAIN_BUDGET=${PRETRAIN_BUDGET:-150}
 PRETRAIN_ARGS=${PRETRAIN_ARGS:-}
 ORIGINAL_STEPS=${ORIGINAL_STEPS:-5000}
 ORIGINAL_ARGS=${ORIGINAL_ARGS:-}
+REPRO_CONFIG=${REPRO_CONFIG:-gpu_reproduce}
+REPRO_ARGS=${REPRO_ARGS:-}
+GLUE_DIR=${GLUE_DIR:-.devdata/glue}
 CORPUS=${CORPUS:-.devdata/corpus}
 PY=${PYTHON:-python3}
 T0=$(date +%s)
@@ -149,6 +156,26 @@ if stage original; then
         cp "$WORK/original.log" "$OR_OUT/original.log"
         (cd "$OR_OUT" && tar czf "$OUT/original.tar.gz" --ignore-failed-read \
             $(ls config.json metrics.jsonl eval.jsonl original.log 2>/dev/null))
+    fi
+fi
+
+# -- the reproduction: pre-training, GLUE both ways, the report (named stage only) ----------
+L=$(( $(left) - 20 ))
+if stage reproduce; then
+    say "== reproduce with $REPRO_CONFIG (limit ${L}s)"
+    RP_OUT="$WORK/reproduce"
+    timeout -k 15 "$L" "$PY" -m experiments.reproduce --config "$REPRO_CONFIG" \
+        --glue-dir "$GLUE_DIR" --device "$DEVICE" --out "$RP_OUT" $REPRO_ARGS \
+        > "$WORK/reproduce.log" 2>&1
+    rc=$?; [ "$rc" -ne 0 ] && { say "reproduce exit $rc"; status=1; }
+    tr '\r' '\n' < "$WORK/reproduce.log" | grep -v '^pre-training:' | grep -v '^\s*$' \
+        | tail -60 | tee -a "$LOG"
+    if [ -d "$RP_OUT" ]; then
+        cp "$WORK/reproduce.log" "$RP_OUT/reproduce.log"
+        (cd "$RP_OUT" && tar czf "$OUT/reproduce.tar.gz" --ignore-failed-read \
+            $(ls results.md report.json compute.png reproduce.log pretrain/config.json \
+              pretrain/metrics.jsonl pretrain/eval.jsonl pretrain/summary.json \
+              glue_pretrained/*.json glue_scratch/*.json 2>/dev/null))
     fi
 fi
 

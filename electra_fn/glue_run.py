@@ -131,16 +131,16 @@ def run_glue(tasks: list[str], params, model_cfg: ModelConfig, tokenizer, ckpt_i
                                          not opts.progress)
             with bar:
                 if opts.batch_seeds:
-                    done = FT.run_seeds(params, model_cfg, splits, spec, ft_cfg, group,
+                    trained = FT.run_seeds(params, model_cfg, splits, spec, ft_cfg, group,
                                         device=opts.device, amp_dtype=opts.amp,
                                         progress=progress, keep_params=opts.export_hf)
                 else:
-                    done = [FT.run_seed(params, model_cfg, splits, spec,
+                    trained = [FT.run_seed(params, model_cfg, splits, spec,
                                         ft_cfg.replace(seed=group[0]), group[0],
                                         compile_mode=opts.compile_mode, device=opts.device,
                                         amp_dtype=opts.amp, progress=progress,
                                         keep_params=opts.export_hf)]
-            for run in done:
+            for run in trained:
                 params_now = run.pop("params", None)
                 log(f"{spec.name} seed {run['seed']}: {main} {100 * run['metrics'][main]:.2f} "
                     f"({run['wall_s']:.0f} s)")

@@ -512,3 +512,16 @@ def test_stsb_trains_on_score_over_five():
     spec = G.get_task("stsb")
     assert spec.is_regression and spec.target_scale == 5.0
     assert all(G.get_task(t).target_scale == 1.0 for t in ("cola", "sst2", "mrpc", "rte"))
+
+
+def test_load_task_works_without_datasets(tmp_path, monkeypatch):
+    """A bare image (the GPU machine) has no `datasets`: tasks still load, uncached, with the
+    same encoding."""
+    tok = FakeTokenizer()
+    with_cache = G.load_task(FIXTURES, "rte", tok, max_len=64, cache_dir=tmp_path / "a",
+                             tokenizer_id="t")
+    monkeypatch.setattr(G, "_have_datasets", lambda: False)
+    without = G.load_task(FIXTURES, "rte", tok, max_len=64, cache_dir=tmp_path / "b",
+                          tokenizer_id="t")
+    assert without["train"].columns["input_ids"] == with_cache["train"].columns["input_ids"]
+    assert not (tmp_path / "b").exists()

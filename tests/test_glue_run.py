@@ -82,6 +82,7 @@ def test_run_glue_writes_results_and_exports_the_best_seed(tokenizer_dir, tmp_pa
         assert hf_tok.convert_tokens_to_ids("[SEP]") == 3
     assert (opts.out / "results.md").read_text().count("|") > 10
     assert any("exported for transformers" in s for s in said)
+    assert "(2 task(s) run now)" in said[-1]
 
 
 def test_run_glue_batched_seeds_record_each_seed(tokenizer_dir, tmp_path):

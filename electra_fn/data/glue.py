@@ -349,18 +349,25 @@ def _cache_key(path: Path, spec: TaskSpec, split: str, tokenizer_id: str, max_le
     return h.hexdigest()[:24]
 
 
+def _have_datasets() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("datasets") is not None
+
+
 def _load_cached(folder: Path) -> tuple[dict[str, list], dict] | None:
+    meta_path = folder / "glue_meta.json"
+    if not meta_path.is_file() or not _have_datasets():
+        return None
     import datasets
 
-    meta_path = folder / "glue_meta.json"
-    if not meta_path.is_file():
-        return None
     meta = orjson.loads(meta_path.read_bytes())
     ds = datasets.Dataset.load_from_disk(str(folder))
     return ds.to_dict(), meta
 
 
 def _save_cached(folder: Path, columns: dict[str, list], meta: dict) -> None:
+    if not _have_datasets():  # e.g. a bare GPU image: encode every time, cache nothing
+        return
     import datasets
 
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
@@ -383,7 +390,8 @@ def load_task(glue_dir: str | os.PathLike, task: str | TaskSpec, tokenizer: Toke
               max_len: int, cache_dir: str | os.PathLike, tokenizer_id: str,
               augment_train: bool = True, strict: bool = False) -> dict[str, EncodedSplit]:
     """Every available split of a task, tokenised; reuses ``cache_dir`` when file content,
-    tokenizer_id, max_len and code version match. Train gets both orders for MRPC/STS-B."""
+    tokenizer_id, max_len and code version match (without ``datasets`` installed nothing is
+    cached). Train gets both orders for MRPC/STS-B."""
     spec = get_task(task)
     out = {}
     for split in available_splits(glue_dir, spec):
