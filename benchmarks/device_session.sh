@@ -65,6 +65,9 @@ export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor"
 say() { echo "$(date -u +%H:%M:%S) [+$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
 left() { echo $(( SESSION_S - ($(date +%s) - T0) )); }
 stage() { [[ ",$STAGES," == *",$1,"* ]]; }
+# a run's log without the progress bar's redraws (carriage returns), its last N lines
+show_log() { tr '\r' '\n' < "$1" | grep -v '^pre-training:' | grep -v '^\s*$' | tail -"$2" \
+    | tee -a "$LOG"; }
 
 if compgen -G ".whl/*.whl" > /dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -126,8 +129,7 @@ elif [ "$B" -ge 45 ]; then
         $PRETRAIN_ARGS > "$WORK/pretrain.log" 2>&1
     rc=$?; [ "$rc" -ne 0 ] && { say "pre-training exit $rc"; status=1; }
     # the progress bar redraws with carriage returns: keep its last state and the other lines
-    tr '\r' '\n' < "$WORK/pretrain.log" | grep -v '^pre-training:' | grep -v '^\s*$' \
-        | tail -40 | tee -a "$LOG"
+    show_log "$WORK/pretrain.log" 40
     tr '\r' '\n' < "$WORK/pretrain.log" | grep '^pre-training:' | tail -1 | tee -a "$LOG"
     if [ -d "$PT_OUT" ]; then
         cp "$WORK/pretrain.log" "$PT_OUT/pretrain.log"
@@ -150,8 +152,7 @@ if stage original; then
         "${CORPUS_ARGS[@]}" --steps 1000000 --stop-at-step "$ORIGINAL_STEPS" \
         --eval-every 500 --save-every 1h --out "$OR_OUT" $ORIGINAL_ARGS > "$WORK/original.log" 2>&1
     rc=$?; [ "$rc" -ne 0 ] && { say "original recipe exit $rc"; status=1; }
-    tr '\r' '\n' < "$WORK/original.log" | grep -v '^pre-training:' | grep -v '^\s*$' \
-        | tail -30 | tee -a "$LOG"
+    show_log "$WORK/original.log" 30
     if [ -d "$OR_OUT" ]; then
         cp "$WORK/original.log" "$OR_OUT/original.log"
         (cd "$OR_OUT" && tar czf "$OUT/original.tar.gz" --ignore-failed-read \
@@ -168,8 +169,7 @@ if stage reproduce; then
         --glue-dir "$GLUE_DIR" --device "$DEVICE" --out "$RP_OUT" $REPRO_ARGS \
         > "$WORK/reproduce.log" 2>&1
     rc=$?; [ "$rc" -ne 0 ] && { say "reproduce exit $rc"; status=1; }
-    tr '\r' '\n' < "$WORK/reproduce.log" | grep -v '^pre-training:' | grep -v '^\s*$' \
-        | tail -60 | tee -a "$LOG"
+    show_log "$WORK/reproduce.log" 60
     if [ -d "$RP_OUT" ]; then
         cp "$WORK/reproduce.log" "$RP_OUT/reproduce.log"
         (cd "$RP_OUT" && tar czf "$OUT/reproduce.tar.gz" --ignore-failed-read \
