@@ -1,13 +1,17 @@
 """A run directory's files: atomic JSON, append-only JSONL logs, and their truncation on resume.
 
 A crash at any moment leaves every JSON file whole (written to a temporary name, then renamed);
-a JSONL log may end in a half-written row, which :func:`read_jsonl` reports with its file and
-line.
+a JSONL log may end in a half-written row (a crash or a full disk mid-append), which the
+readers skip with a warning; a bad row elsewhere is an error naming its file and line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -35,31 +39,95 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         f.write(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
 
 
-def _rows(path: Path) -> list[tuple[bytes, dict]]:
+def _rows(path: Path, warn: Callable[[str], None] | None = None) -> list[tuple[bytes, dict]]:
+    lines = path.read_bytes().splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     out = []
-    for i, line in enumerate(path.read_bytes().splitlines(), 1):
+    for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             out.append((line, orjson.loads(line)))
         except orjson.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {i}: not a JSON row ({e})") from None
+            if i == last:  # a row cut short by a crash or a full disk: dropped, not fatal
+                (warn or print)(f"warning: {path}, line {i + 1}: an incomplete last row "
+                                "(a crash or a full disk while writing it), skipped")
+                continue
+            raise ValueError(f"{path}, line {i + 1}: not a JSON row ({e})") from None
     return out
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The rows of a JSONL log (blank lines skipped); a ``ValueError`` naming the file and line
-    of a row that is not JSON."""
-    return [row for _, row in _rows(Path(path))]
+def read_jsonl(path: str | os.PathLike, warn: Callable[[str], None] | None = None
+               ) -> list[dict]:
+    """The rows of a JSONL log (blank lines skipped, an incomplete last row skipped with a
+    warning); a ``ValueError`` naming the file and line of any other row that is not JSON."""
+    return [row for _, row in _rows(Path(path), warn)]
 
 
-def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
-    """Drop the rows of ``path`` logged after ``step`` (a resumed run logs them again), keeping
-    the others byte for byte, atomically; nothing to do when the file does not exist."""
+def truncate_jsonl(path: str | os.PathLike, step: int,
+                   warn: Callable[[str], None] | None = None) -> None:
+    """Drop the rows of ``path`` logged after ``step`` (a resumed run logs them again) and an
+    incomplete last row, keeping the others byte for byte, atomically; nothing to do when the
+    file does not exist."""
     path = Path(path)
     if not path.exists():
         return
-    keep = [line for line, row in _rows(path) if row["step"] <= step]
+    keep = [line for line, row in _rows(path, warn) if row["step"] <= step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(b"".join(line + b"\n" for line in keep))
     os.replace(tmp, path)
+
+
+class RunDirBusy(Exception):
+    """Another live process owns the run directory."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def owned(directory: str | os.PathLike, log: Callable[[str], None] = print):
+    """Own ``directory`` for a run: ``directory/.lock`` holds this process's pid and host while
+    the ``with`` block runs. A lock left by a dead process on this host is taken over (with a
+    message); a live owner, or one on another host, raises :class:`RunDirBusy`."""
+    path = Path(directory) / ".lock"
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                other = orjson.loads(path.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                other = {}
+            if not other:  # being written this instant: look again
+                time.sleep(0.05)
+                continue
+            if other.get("host") == me["host"] and not _alive(int(other.get("pid", -1))):
+                log(f"note: {path} was left by process {other.get('pid')}, which is gone; "
+                    "taking the run directory over")
+                path.unlink(missing_ok=True)
+                continue
+            raise RunDirBusy(f"{directory} is in use by process {other.get('pid')} on "
+                             f"{other.get('host')} ({path}); wait for it, or remove the lock "
+                             "if that process is gone")
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(me))
+        break
+    else:
+        raise RunDirBusy(f"{path}: could not take the lock (unreadable; remove it if no run "
+                         "is using the directory)")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            if orjson.loads(path.read_bytes()).get("pid") == me["pid"]:
+                path.unlink()
+

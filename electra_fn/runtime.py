@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import re
 import subprocess
 from pathlib import Path
 
@@ -141,6 +142,14 @@ def provenance() -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return {"commit": git_describe(), "versions": versions}
+
+
+def duration(text: str) -> float:
+    """Seconds in ``900``, ``900s``, ``15m`` or ``2h``; a ``ValueError`` otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not m:
+        raise ValueError(f"{text!r}: use e.g. 900, 900s, 15m, 2h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 def fmt_time(seconds: float) -> str:

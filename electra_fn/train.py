@@ -281,7 +281,14 @@ class Run:
     def config_blob(self) -> dict:
         return {"pretrain": self.cfg.to_dict(), "run": self.run_info}
 
-    def save(self, reason: str) -> Path:
+    def save(self, reason: str) -> Path | None:
+        """A checkpoint, unless the run is in a streak of non-finite (skipped) steps: then the
+        newest checkpoint, from before the streak, is kept rather than pruned."""
+        bad = self.extra.get("consecutive_bad")
+        if bad is not None and float(bad) > 0:
+            self.log(f"checkpoint ({reason}) not written: step {self.step} ends a streak of "
+                     f"{int(bad)} non-finite step(s); the newest checkpoint is kept")
+            return None
         path = ckpt.save_checkpoint(self.ckpt_dir, params=self.params, opt_state=self.opt,
                                     step=self.step, data_position=self.position,
                                     config=self.config_blob())
@@ -366,6 +373,7 @@ class MetricsLog:
     def __call__(self, run: Run, m: dict) -> int | None:
         self.window_steps += 1
         self.consecutive_bad = (self.consecutive_bad + m["skipped"]) * m["skipped"]
+        run.extra["consecutive_bad"] = self.consecutive_bad
         for k, v in m.items():
             self.acc[k] = self.acc[k] + v if k in self.acc else v
         if run.step % run.log_every == 0 or run.step == run.cfg.total_steps:
@@ -508,7 +516,7 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
         check_params_structure(model.init_params(cfg.model, 0), params, state_source)
         log(f"resuming at step {step} (data epoch {position[0]}, batch {position[1]})")
         for name in ("metrics.jsonl", "eval.jsonl"):
-            rundir.truncate_jsonl(out / name, step)
+            rundir.truncate_jsonl(out / name, step, log)
     device = step_opts.device
     if loop_opts.plot and not plotting.available():
         log(f"note: {plotting.PLOT_MISSING}")
@@ -569,7 +577,7 @@ def finish(run: Run, evaluate: Callable[[dict], dict], device: torch.device, plo
     out, log = run.out, run.log
     final = evaluate(run.params)
     rundir.append_jsonl(out / "eval.jsonl", {"step": run.step, **final})
-    evals = rundir.read_jsonl(out / "eval.jsonl")
+    evals = rundir.read_jsonl(out / "eval.jsonl", log)
     first = evals[0]
     cpu_params = tree_map(lambda x: x.detach().to("cpu"), run.params)
     written = hf.save_hf(cpu_params, run.cfg.model, out / "hf", tokenizer_dir=out / "tokenizer")
@@ -581,7 +589,7 @@ def finish(run: Run, evaluate: Callable[[dict], dict], device: torch.device, plo
                "hf_export": {k: str(v) for k, v in written.items()},
                "provenance": runtime.provenance()}
     rundir.write_json(out / "summary.json", summary)
-    rows = rundir.read_jsonl(out / "metrics.jsonl")
+    rows = rundir.read_jsonl(out / "metrics.jsonl", log)
     drawn = plotting.plot_curves(out, rows, evals, log) if plot else None
     log("")
     log(f"done: {run.step} steps in {runtime.fmt_time(wall)} on {device}")

@@ -5,29 +5,31 @@
     python -m experiments.pretrain_small --device cuda     # the paper's recipe (1M steps)
     python -m experiments.pretrain_small --resume          # continue the run in --out
 
-Flags are resolved here (:func:`resolve`), named configurations come from
-``experiments/configs``, and the run is :func:`electra_fn.train.pretrain_run`, which writes
-``config.json``, logs, checkpoints, ``tokenizer/``, ``hf/`` and ``summary.json`` into ``--out``.
+Flags are resolved here (:func:`resolve`; named configurations: ``experiments/configs``); the
+run is :func:`electra_fn.train.pretrain_run`, which writes its files into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 from electra_fn import checkpoint as ckpt
-from electra_fn import compiling, runtime, train
+from electra_fn import compiling, rundir, runtime, train
 from electra_fn.budget import StepBudget
 from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.data import pretrain_data as pdata
 from electra_fn.runtime import UserError
 from experiments import configs
 
+POSITIVE_FLAGS = ("steps", "batch_size", "seq_len", "lr", "time_budget", "save_every",
+                  "max_bad_steps", "num_proc", "log_every", "eval_every", "stop_at_step",
+                  "vocab_size", "generator_multiplier")
 CPU_DEFAULT_BUDGET_S = 15 * 60
 CPU_DEFAULT_BATCH = 16
 # Flags that define a run: repeated on --resume they must agree with its checkpoint.
@@ -42,13 +44,6 @@ RECIPE_FLAGS = (
     ("valid", "run", "valid"), ("tokenizer", "run", "tokenizer"))
 
 
-def parse_duration(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r}: use e.g. 900, 900s, 15m, 2h")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.pretrain_small",
                                 description=__doc__.split("\n\n")[0],
@@ -60,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--corpus", nargs="+", help="files, dirs or globs (.txt/.gz/.xz); default: built-in")
     a("--valid", nargs="+", help="held-out corpus; default: 5%% of the documents")
     a("--steps", type=int, help="total optimizer steps")
-    a("--time-budget", type=parse_duration, help="wall time for the whole command (e.g. 15m); "
+    a("--time-budget", type=runtime.duration, help="wall time for the whole command (e.g. 15m); "
       "steps and schedule are fitted to it (default on CPU: 15m)")
     a("--batch-size", type=int)
     a("--seq-len", type=int)
@@ -97,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-cuda-graph", dest="cuda_graph", action="store_false")
     a("--log-every", type=int)
     a("--eval-every", type=int)
-    a("--save-every", type=parse_duration, default=parse_duration("10m"),
+    a("--save-every", type=runtime.duration, default=600.0,
       help="checkpoint interval in wall time (default 10m)")
     a("--max-bad-steps", type=int, default=20,
       help="stop after this many consecutive non-finite steps")
@@ -129,8 +124,9 @@ def resolve(flags: dict, device, saved: dict | None = None, source: str = "check
     dtype)."""
     f = {k: v for k, v in flags.items() if v is not None}
     on_gpu = device.type == "cuda"
-    if f.get("num_proc", 1) < 1:
-        raise UserError(f"--num-proc {f['num_proc']}: must be at least 1")
+    for k in POSITIVE_FLAGS:  # zero, negative or non-finite values are refused, not replaced
+        if k in f and not (math.isfinite(f[k]) and f[k] > 0):
+            raise UserError(f"--{k.replace('_', '-')} {f[k]}: must be a positive number")
     use_compile = bool(f.get("compile"))
     if use_compile:
         try:
@@ -179,21 +175,25 @@ def resolve(flags: dict, device, saved: dict | None = None, source: str = "check
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
-    except (UserError, FileNotFoundError, ValueError, ckpt.CheckpointCorrupt) as e:
+        with contextlib.ExitStack() as held:  # the run directory's lock, released at the end
+            return run(args, held)
+    except (UserError, FileNotFoundError, ValueError, ckpt.CheckpointCorrupt,
+            rundir.RunDirBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return runtime.EXIT_BAD_INPUT
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     t_start, log = time.time(), (lambda msg: print(msg, flush=True))
     flags = vars(args)
     if args.config:  # the named configuration's values under the flags given
-        defaults = build_parser()
-        flags = {**flags, **{k: v for k, v in configs.load(args.config).items()
-                             if flags.get(k) == defaults.get_default(k)}}
+        flags = configs.apply(args.config, flags, build_parser())
     device = runtime.resolve_device(flags["device"])
     out = Path(flags["out"])
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    held.enter_context(rundir.owned(out, log))  # one process per run directory
     state, resume_from = train.open_run(out, args.resume, args.overwrite)
     try:
         s = resolve(flags, device, state and state["config"], str(resume_from))
@@ -202,7 +202,6 @@ def run(args: argparse.Namespace) -> int:
             raise
         raise UserError(f"{resume_from}: config does not describe a pre-training run ({e})")
     step_opts = train.StepOptions(device, s["amp"], s["compile"], s["cuda_graph"])
-    out.mkdir(parents=True, exist_ok=True)
     corpus = s["corpus"] or [pdata.default_corpus_path()]
     if s["new"]:
         try:

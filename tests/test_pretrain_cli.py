@@ -354,7 +354,7 @@ def _bad(bad_runs, name):
 
 def test_zero_workers_is_refused(tmp_path):
     r = _main_in_process(_args(tmp_path / "run", tmp_path / "cache", "--num-proc", 0))
-    assert r.returncode == 2 and "--num-proc 0: must be at least 1" in r.stderr
+    assert r.returncode == 2 and "--num-proc 0: must be a positive number" in r.stderr
 
 
 def test_cuda_graph_needs_cuda(tmp_path):
@@ -690,3 +690,42 @@ def test_pretraining_with_a_wordpiece_vocabulary_uses_its_special_ids(tmp_path, 
     assert bad.returncode == 2 and "--tokenizer" in bad.stderr, bad.stderr
     both = _main_in_process(_args(tmp_path / "other", cache, "--tokenizer", tok_dir))
     assert both.returncode == 2 and "the tokenizer fixes the vocabulary" in both.stderr
+
+
+def test_two_runs_on_one_out_the_second_is_refused(tmp_path, cache, full_run):
+    """Two real processes on one --out: while the first runs, the second exits 2 naming the
+    owner, and touches nothing (the first run's files and lock stay as they were)."""
+    out = tmp_path / "run"
+    first = subprocess.Popen(_args(out, cache, "--steps", 100_000, "--log-every", 1), cwd=REPO,
+                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not (out / "metrics.jsonl").exists():
+            assert first.poll() is None and time.time() < deadline, first.communicate()
+            time.sleep(0.2)
+        before = (out / "config.json").read_bytes()
+        second = subprocess.run(_args(out, cache, "--steps", 5, "--seed", 9, "--overwrite"),
+                                cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+        assert f"is in use by process {first.pid}" in second.stderr
+        assert (out / "config.json").read_bytes() == before and first.poll() is None
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 130 and not (out / ".lock").exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, cache, full_run):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
+    out = tmp_path / "run"
+    out.mkdir()
+    import socket
+    (out / ".lock").write_bytes(orjson.dumps({"pid": int(gone.stdout), "host":
+                                              socket.gethostname()}))
+    r = _ok(_cli(out, cache, "--steps", 2))
+    assert f"left by process {int(gone.stdout)}, which is gone" in r.stdout
+    assert not (out / ".lock").exists()

@@ -29,6 +29,22 @@ def test_truncate_jsonl_keeps_earlier_rows_byte_for_byte(tmp_path):
 
 def test_read_jsonl_names_the_file_and_line_of_a_bad_row(tmp_path):
     path = tmp_path / "eval.jsonl"
-    path.write_bytes(orjson.dumps({"step": 0}) + b"\n\n" + b'{"step": 1, "lo')
+    path.write_bytes(orjson.dumps({"step": 0}) + b"\n\n" + b'{"step": 1, "lo\n'
+                     + orjson.dumps({"step": 2}) + b"\n")
     with pytest.raises(ValueError, match=r"eval.jsonl, line 3: not a JSON row"):
         rundir.read_jsonl(path)
+
+
+def test_an_incomplete_last_row_is_skipped_with_a_warning_and_dropped_on_resume(tmp_path):
+    """A full disk or a crash mid-append leaves half a row at the end: reading skips it (with
+    a warning naming file and line) and a resume's truncation drops it, so the resume works."""
+    path = tmp_path / "metrics.jsonl"
+    for step in (1, 2, 3):
+        rundir.append_jsonl(path, {"step": step, "loss": 0.5})
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"step": 4, "lo')
+    said = []
+    assert [r["step"] for r in rundir.read_jsonl(path, said.append)] == [1, 2, 3]
+    assert "metrics.jsonl, line 4: an incomplete last row" in said[0]
+    rundir.truncate_jsonl(path, 3, said.append)
+    assert path.read_bytes() == whole

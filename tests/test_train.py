@@ -113,3 +113,36 @@ def test_pretrain_run_stopped_and_resumed_equals_a_straight_run(tmp_path):
     assert summary["steps"] == 6 and "commit" in summary["provenance"]
     assert summary["compute"]["flops"] == 6 * summary["compute"]["flops_per_step"] > 0
     assert (out_b / "hf" / "discriminator" / "config.json").is_file()
+
+
+def test_no_checkpoint_is_written_during_a_non_finite_streak(tmp_path):
+    """Steps 3-5 report non-finite (skipped) updates: the periodic saves of those steps are
+    not written (so keep-2 pruning cannot drop the checkpoints from before the streak), and
+    saving resumes once a step is finite again."""
+    tok = toklib.train_tokenizer([str(CORPUS)], 300, str(tmp_path / "cache"), log=lambda m: None)
+    data = pdata.build_pretraining_data([str(CORPUS)], tok, seq_len=32, seed=0,
+                                        cache_dir=str(tmp_path / "cache"), valid_fraction=0.05,
+                                        log=lambda m: None)
+    mcfg = ModelConfig.from_name("tiny").replace(vocab_size=tok.vocab_size)
+    cfg = PretrainConfig(model=mcfg, seq_len=32, batch_size=2, total_steps=7, warmup_steps=1)
+    real = train.make_step_fn(cfg, train.StepOptions())
+    calls = {"n": 0}
+
+    def step_fn(params, opt, batch, key):
+        calls["n"] += 1
+        p, o, m = real(params, opt, batch, key)
+        if 3 <= calls["n"] <= 5:  # as the step does for a non-finite loss: no update
+            return params, opt, {**m, "skipped": torch.ones(())}
+        return p, o, m
+
+    out = tmp_path / "run"
+    (out / "tokenizer").mkdir(parents=True)
+    tok.save(str(out / "tokenizer"))
+    said = []
+    opts = train.LoopOptions(save_every_s=0.0, plot=False, max_bad_steps=10)
+    assert train.pretrain_run(cfg, data, out, step_opts=train.StepOptions(), loop_opts=opts,
+                              run_info={}, step_fn=step_fn, log=said.append) == 0
+    written = [m for m in said if m.startswith("checkpoint (periodic): ")]
+    refused = [m for m in said if "not written" in m]
+    assert [int(m.rsplit("_", 1)[1].split(".")[0]) for m in written] == [1, 2, 6, 7]
+    assert len(refused) == 3 and "streak of 3 non-finite" in refused[-1]

@@ -31,3 +31,10 @@ def glue(name: str) -> dict:
     load(name)  # the same check and error
     return dict(getattr(importlib.import_module(f"{__name__}.{name}"), "GLUE", {}))
 
+
+def apply(name: str, flags: dict, parser) -> dict:
+    """``flags`` with configuration ``name``'s values wherever a flag was left at its default
+    (flags given on the command line win)."""
+    return {**flags, **{k: v for k, v in load(name).items()
+                        if flags.get(k) == parser.get_default(k)}}
+

@@ -2,7 +2,8 @@
 the Wikipedia shards packed into .devdata (benchmarks/prepare_device_data.sh), then GLUE from it
 and from scratch, 3 seeds, at most 4,000 training examples per task.
 
-    OUT=out STAGES=reproduce bash benchmarks/device_session.sh     # on the GPU machine
+    OUT=out STAGES=reproduce bash benchmarks/device_session.sh     # on the GPU machine, runs:
+    python -m experiments.reproduce --config gpu_reproduce --glue-dir .devdata/glue --device cuda
 
 Expected on one H200: about 6 minutes of pre-training (the CUDA-graph step at ~460k tokens/s:
 ~165M tokens, about 1% of the paper's compute, some 30 passes over the packed shards), then
