@@ -47,6 +47,19 @@ PAPER_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 STATIC_PAD_MULTIPLE = 8
 
 
+class FinetuneDiverged(ValueError):
+    """Fine-tuning went non-finite (loss or parameters): its scores would be meaningless."""
+
+
+def _check_finite(ft_params: Params, losses_T: np.ndarray, what: str) -> None:
+    bad_step = next((i for i, x in enumerate(losses_T) if not np.isfinite(x)), None)
+    finite_params = all(bool(torch.isfinite(x).all()) for x in tree_leaves(ft_params))
+    if bad_step is not None or not finite_params:
+        where = (f"the loss is non-finite from step {bad_step + 1}" if bad_step is not None
+                 else "the parameters are non-finite")
+        raise FinetuneDiverged(f"{what}: fine-tuning diverged ({where}); try a lower --lr")
+
+
 class FinetuneInputError(ValueError):
     """Inputs that cannot be fine-tuned on (checkpoint, tokenizer); names the files involved."""
 
@@ -315,6 +328,7 @@ def train(ft_params: Params, train_split: EncodedSplit, model_cfg: ModelConfig,
             if progress is not None:
                 progress(step, total, int(batch["input_ids"].shape[0]), metrics)
     losses_np = torch.stack(losses_seen).to("cpu").numpy()
+    _check_finite(ft_params, losses_np, f"{spec.name} seed {seed}")
     k = max(1, min(total // 4, 20))  # mean over the first / last quarter (at most 20 steps)
     info = {"total_steps": total, "epochs": epochs, "train_examples": len(train_split),
             "first_loss": float(losses_np[:k].mean()), "last_loss": float(losses_np[-k:].mean())}
@@ -391,11 +405,14 @@ def train_seeds(ft_params: list[Params], train_split: EncodedSplit, model_cfg: M
                     progress(step, total, int(batch["input_ids"].shape[1]) * len(seeds),
                              {k: v.mean() for k, v in metrics.items()})
     losses_SxT = torch.stack(losses_seen, dim=1).to("cpu").numpy()
+    trained = _unstack(params, len(seeds))
+    for s, p, losses_T in zip(seeds, trained, losses_SxT):
+        _check_finite(p, losses_T, f"{spec.name} seed {s}")
     k = max(1, min(total // 4, 20))
     return [(p, {"total_steps": total, "epochs": epochs, "train_examples": len(train_split),
                  "first_loss": float(losses_SxT[i, :k].mean()),
                  "last_loss": float(losses_SxT[i, -k:].mean()), "pad_widths": widths})
-            for i, p in enumerate(_unstack(params, len(seeds)))]
+            for i, p in enumerate(trained)]
 
 
 def run_seed(pretrained: Params | None, model_cfg: ModelConfig, splits: dict[str, EncodedSplit],
@@ -655,7 +672,7 @@ def aggregate_results(task: str, seed_runs: list[dict]) -> dict:
 
 
 __all__ = [
-    "FinetuneInputError", "PUBLISHED_SMALL_OWT", "PAPER_TASKS", "COMPILE_MODES",
+    "FinetuneInputError", "FinetuneDiverged", "PUBLISHED_SMALL_OWT", "PAPER_TASKS", "COMPILE_MODES",
     "init_finetune", "init_finetune_state", "step_key", "num_warmup_steps",
     "finetune_lr_scales", "task_loss", "make_finetune_step", "make_predict", "compile_fn",
     "cached_step", "cached_predict", "default_compile_mode", "pad_multiple_for",

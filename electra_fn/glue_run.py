@@ -7,6 +7,7 @@ atomically with the commit and versions, ``results.md``, ``submission/``), an ex
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -76,6 +77,21 @@ def write_table(out: Path, title: str) -> None:
                                     encoding="utf-8")
 
 
+class _Stop:
+    code: int | None = None
+
+
+@contextlib.contextmanager
+def _diverged_as(log: Log):
+    """Turns a diverged fine-tuning into one logged line and exit code 3."""
+    stop = _Stop()
+    try:
+        yield stop
+    except FT.FinetuneDiverged as e:
+        log(f"error: {e}; no results written for this task")
+        stop.code = 3
+
+
 def done_before(path: Path, opts: GlueOptions) -> bool:
     """Whether ``path`` holds a finished task with these seeds and this training subsample."""
     try:
@@ -129,7 +145,7 @@ def run_glue(tasks: list[str], params, model_cfg: ModelConfig, tokenizer, ckpt_i
             name = f"{spec.name} seed{'s' if len(group) > 1 else ''} " + ",".join(map(str, group))
             bar, progress = progress_bar(name, epochs * len(splits["train"]) * len(group),
                                          not opts.progress)
-            with bar:
+            with bar, _diverged_as(log) as stop:
                 if opts.batch_seeds:
                     trained = FT.run_seeds(params, model_cfg, splits, spec, ft_cfg, group,
                                         device=opts.device, amp_dtype=opts.amp,
@@ -140,6 +156,8 @@ def run_glue(tasks: list[str], params, model_cfg: ModelConfig, tokenizer, ckpt_i
                                         compile_mode=opts.compile_mode, device=opts.device,
                                         amp_dtype=opts.amp, progress=progress,
                                         keep_params=opts.export_hf)]
+            if stop.code is not None:  # no scores written as if they were valid
+                return stop.code
             for run in trained:
                 params_now = run.pop("params", None)
                 log(f"{spec.name} seed {run['seed']}: {main} {100 * run['metrics'][main]:.2f} "

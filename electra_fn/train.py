@@ -177,21 +177,19 @@ def token_ids(tokenizer) -> dict[str, int]:
 
 def run_tokenizer(out: Path, corpus: list[str], *, vocab_size: int, cache_dir: str | None = None,
                   source: str | None = None, given: str | None = None, log: Log = print):
-    """The run's tokenizer in ``out/tokenizer``: for a new run ``given`` (a directory with our
-    tokenizer or a WordPiece ``vocab.txt``) or one trained (or reused from ``cache_dir``) on
-    ``corpus``, saved there; on resume (``cache_dir`` None) loaded and checked against the
-    checkpoint's ``vocab_size`` (read from ``source``)."""
+    """The run's tokenizer: for a new run ``given`` (a directory with our tokenizer or a
+    WordPiece ``vocab.txt``) or one trained (or reused from ``cache_dir``) on ``corpus``, not
+    yet saved (:func:`start_run` saves it once the run can start); on resume (``cache_dir``
+    None) the one in ``out/tokenizer``, checked against the checkpoint's ``vocab_size`` (read
+    from ``source``)."""
     if given is not None:
         tokenizer = toklib.load_tokenizer(str(given))
         log(f"tokenizer: {given} ({type(tokenizer).__name__}, vocabulary "
             f"{tokenizer.vocab_size})")
-        tokenizer.save(str(out / "tokenizer"))
         return tokenizer
     if cache_dir is not None:
         log(f"tokenizer: training/reusing a sentencepiece vocabulary on {len(corpus)} file(s)")
-        tokenizer = toklib.train_tokenizer(corpus, vocab_size, str(cache_dir), log=log)
-        tokenizer.save(str(out / "tokenizer"))
-        return tokenizer
+        return toklib.train_tokenizer(corpus, vocab_size, str(cache_dir), log=log)
     tokenizer = toklib.load_tokenizer(str(out / "tokenizer"))
     if tokenizer.vocab_size != vocab_size:
         raise runtime.UserError(f"{out / 'tokenizer'}: vocabulary {tokenizer.vocab_size} does "
@@ -201,11 +199,13 @@ def run_tokenizer(out: Path, corpus: list[str], *, vocab_size: int, cache_dir: s
 
 def start_run(recipe: PretrainConfig, data, out: Path, *, step_opts: StepOptions,
               budget: StepBudget | None, warmup: int | None, bias_correction: bool | None,
-              run_info: dict, t_start: float, log: Log = print
+              run_info: dict, t_start: float, tokenizer=None, log: Log = print
               ) -> tuple[PretrainConfig, dict, Callable | None]:
     """A new run in ``out``: the step count fitted to ``budget`` (if any), the schedule's
-    defaults for it, ``config.json`` with the run's provenance, and no logs or checkpoints
-    of an earlier run left. Returns (config, run info, the step timed by the fit or None)."""
+    defaults for it; then, and only then, an earlier run's logs and checkpoints go, the
+    ``tokenizer`` is saved and ``config.json`` written with the run's provenance and the
+    identity of its data (``data_key``: corpus and tokenizer content). Returns (config, run
+    info, the step timed by the fit or None)."""
     total, step_fn = recipe.total_steps, None
     if budget is not None:
         total, step_fn = fit_to_budget(recipe, data, step_opts, budget, t_start, log)
@@ -214,13 +214,16 @@ def start_run(recipe: PretrainConfig, data, out: Path, *, step_opts: StepOptions
                          adam_bias_correction=bias_correction)
     run_info = {**run_info, "device": str(step_opts.device), "amp": str(step_opts.amp),
                 "compile": step_opts.compile, "cuda_graph": step_opts.cuda_graph,
-                "time_budget_s": budget.budget_s if budget else None, **runtime.provenance()}
-    rundir.write_json(out / "config.json", {"pretrain": cfg.to_dict(), "run": run_info,
-                                            "data": data.stats})
+                "time_budget_s": budget.budget_s if budget else None,
+                "data_key": data.stats.get("key"), **runtime.provenance()}
     for name in ("metrics.jsonl", "eval.jsonl"):
         (out / name).unlink(missing_ok=True)
     for old in ckpt.list_checkpoints(out / "checkpoints"):  # --overwrite: the old run's go
         old.unlink()
+    if tokenizer is not None:
+        tokenizer.save(str(out / "tokenizer"))
+    rundir.write_json(out / "config.json", {"pretrain": cfg.to_dict(), "run": run_info,
+                                            "data": data.stats})
     return cfg, run_info, step_fn
 
 
@@ -514,6 +517,12 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
         if "schedule" not in opt:  # a checkpoint from before the schedule was optimizer state
             opt = {**opt, "schedule": pretrain.schedule_state(cfg)}
         check_params_structure(model.init_params(cfg.model, 0), params, state_source)
+        recorded = run_info.get("data_key")
+        if recorded is not None and recorded != data.stats.get("key"):
+            raise runtime.UserError(
+                f"{state_source}: the corpus or tokenizer differs from the run's own (data key "
+                f"{recorded}, now {data.stats.get('key')}); resume with the inputs it started "
+                "with, or start a new run")
         log(f"resuming at step {step} (data epoch {position[0]}, batch {position[1]})")
         for name in ("metrics.jsonl", "eval.jsonl"):
             rundir.truncate_jsonl(out / name, step, log)

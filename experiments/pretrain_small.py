@@ -233,7 +233,8 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
                     "corpus": [str(c) for c in corpus], "valid": s["valid"]}
         cfg, run_info, step_fn = train.start_run(
             recipe, data, out, step_opts=step_opts, budget=budget, warmup=s["warmup"],
-            bias_correction=s["bias_correction"], run_info=run_info, t_start=t_start, log=log)
+            bias_correction=s["bias_correction"], run_info=run_info, t_start=t_start,
+            tokenizer=tokenizer, log=log)
     else:
         run_info = s["run"]
     log(train.describe(cfg, step_opts))

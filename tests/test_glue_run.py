@@ -116,3 +116,22 @@ def test_batched_seeds_refuse_bf16_with_a_clear_message(tokenizer_dir, tmp_path)
                              log=said.append) == 2
     assert "--dtype float32 with --batch-seeds" in said[-1]
     assert not (opts.out / "mrpc.json").exists()
+
+
+@pytest.mark.parametrize("batch_seeds", [False, True])
+def test_diverged_fine_tuning_stops_with_exit_3_and_writes_no_scores(tokenizer_dir, tmp_path,
+                                                                     batch_seeds):
+    """lr 1e30 drives the parameters to inf: the runner says so in one line, exits 3 and
+    writes no task JSON (no majority-class accuracy reported as a result)."""
+    from electra_fn.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    cfg = ModelConfig.from_name("tiny").replace(vocab_size=tok.vocab_size)
+    opts = glue_run.GlueOptions(str(FIXTURES), tmp_path / "out", seeds=(0, 1), progress=False,
+                                batch_seeds=batch_seeds)
+    said = []
+    code = glue_run.run_glue(["sst2"], None, cfg, tok, {},
+                             FinetuneConfig(epochs=2, batch_size=2, learning_rate=1e30), opts,
+                             log=said.append)
+    assert code == 3 and "fine-tuning diverged" in said[-1] and "sst2 seed 0" in said[-1]
+    assert not (opts.out / "sst2.json").exists()

@@ -729,3 +729,32 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, cache, full_run):
     r = _ok(_cli(out, cache, "--steps", 2))
     assert f"left by process {int(gone.stdout)}, which is gone" in r.stdout
     assert not (out / ".lock").exists()
+
+
+def test_a_failed_overwrite_start_touches_nothing(tmp_path, cache, full_run):
+    """--overwrite with inputs that cannot start (an empty held-out file) exits 2 and leaves
+    the old run's tokenizer, config and checkpoints exactly as they were."""
+    out = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(full_run), str(out)], check=True)
+    before = _snapshot(out)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    r = _main_in_process(_args(out, cache, "--steps", 4, "--overwrite", "--valid", empty,
+                               "--seed", 7))
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    after = _snapshot(out)
+    assert {k: v for k, v in after.items() if k != ".lock"} == before
+
+
+def test_resume_with_an_edited_corpus_is_refused(tmp_path, cache):
+    """The run's data identity (corpus and tokenizer content) is in its checkpoint: a corpus
+    edited between a stop and --resume is refused, not silently rebuilt into other data."""
+    corpus = tmp_path / "corpus"
+    subprocess.run(["cp", "-a", str(CORPUS), str(corpus)], check=True)
+    out = tmp_path / "run"
+    _ok(_cli(out, cache, "--steps", 6, "--stop-at-step", 2, corpus=(corpus,)))
+    victim = sorted(corpus.rglob("*.txt"))[0]
+    victim.write_text(victim.read_text(encoding="utf-8") + "\nA new paragraph appears.\n",
+                      encoding="utf-8")
+    r = _main_in_process(_args(out, cache, "--resume", corpus=(corpus,)))
+    assert r.returncode == 2 and "the corpus or tokenizer differs" in r.stderr, r.stderr[-2000:]
