@@ -97,6 +97,34 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of saves that a crash interrupted (call it only while
+    owning the directory: another process's save in progress would go too)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if p.name.startswith(".tmp-") and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def load_latest_intact(directory: str | os.PathLike, log=print) -> tuple[dict, Path] | None:
+    """The newest checkpoint in ``directory`` that loads, and its path; a corrupt newer one is
+    passed over with a message naming it (the newest is what a resume wants, the intact one
+    is what it can have). None when there is none; CheckpointCorrupt when none is intact."""
+    found = list_checkpoints(directory)
+    for path in reversed(found):
+        try:
+            return load_checkpoint(path), path
+        except CheckpointCorrupt as e:
+            log(f"warning: {e}; trying the one before it")
+    if found:
+        raise CheckpointCorrupt(f"{directory}: no intact checkpoint (tried "
+                                f"{', '.join(str(p) for p in reversed(found))})")
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
     """Read a checkpoint back into trees; raises CheckpointCorrupt naming the file."""
     path = Path(path)

@@ -149,21 +149,29 @@ def load_data(corpus: list[str], tokenizer, *, seq_len: int, seed: int, cache_di
     return data
 
 
-def open_run(out: Path, resume: str | None, overwrite: bool) -> tuple[dict | None, Path | None]:
-    """(the loaded checkpoint, its path) to resume from (``resume``: "latest" or a file), or
-    (None, None) for a new run; a :class:`UserError` for nothing to resume, a checkpoint of
-    another kind, or a new run over checkpoints without ``overwrite``."""
+def open_run(out: Path, resume: str | None, overwrite: bool, log: Log = print
+             ) -> tuple[dict | None, Path | None]:
+    """(the loaded checkpoint, its path) to resume from (``resume``: "latest", the newest
+    intact one, or a file), or (None, None) for a new run; a :class:`UserError` for nothing to
+    resume, a checkpoint of another kind, or a new run over checkpoints without ``overwrite``.
+    Temporary files of interrupted saves are removed (the caller owns ``out``)."""
     ckpt_dir = out / "checkpoints"
+    for stale in ckpt.remove_stale_temporaries(ckpt_dir):
+        log(f"note: removed {stale.name}, left by an interrupted save")
     if not resume:
         if ckpt.list_checkpoints(ckpt_dir) and not overwrite:
             raise runtime.UserError(f"{out} already holds checkpoints; pass --resume to continue "
                                     "that run or --overwrite to start a new one there (or "
                                     "choose another --out)")
         return None, None
-    path = ckpt.latest_checkpoint(ckpt_dir) if resume == "latest" else Path(resume)
-    if path is None:
-        raise runtime.UserError(f"--resume: no checkpoint found in {ckpt_dir}")
-    state = ckpt.load_checkpoint(path)
+    if resume == "latest":
+        found = ckpt.load_latest_intact(ckpt_dir, log)
+        if found is None:
+            raise runtime.UserError(f"--resume: no checkpoint found in {ckpt_dir}")
+        state, path = found
+    else:
+        path = Path(resume)
+        state = ckpt.load_checkpoint(path)
     if "pretrain" not in state["config"]:
         raise runtime.UserError(f"{path}: config does not describe a pre-training run")
     return state, path

@@ -194,7 +194,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         raise UserError(f"--out {out}: not a directory")
     out.mkdir(parents=True, exist_ok=True)
     held.enter_context(rundir.owned(out, log))  # one process per run directory
-    state, resume_from = train.open_run(out, args.resume, args.overwrite)
+    state, resume_from = train.open_run(out, args.resume, args.overwrite, log)
     try:
         s = resolve(flags, device, state and state["config"], str(resume_from))
     except (KeyError, TypeError) as e:

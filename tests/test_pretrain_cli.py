@@ -758,3 +758,24 @@ def test_resume_with_an_edited_corpus_is_refused(tmp_path, cache):
                       encoding="utf-8")
     r = _main_in_process(_args(out, cache, "--resume", corpus=(corpus,)))
     assert r.returncode == 2 and "the corpus or tokenizer differs" in r.stderr, r.stderr[-2000:]
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, cache, full_run,
+                                                          resumed_run):
+    """The newest checkpoint corrupt (a flipped byte), an older one intact: --resume says so,
+    continues from the older one, and still ends exactly where the uninterrupted run did;
+    a temporary file of an interrupted save is removed on the way."""
+    out = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(resumed_run[0]), str(out)], check=True)
+    newest = out / "checkpoints" / "step_00000006.pt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    newest.write_bytes(bytes(data))
+    (out / "checkpoints" / ".tmp-interrupted.pt").write_bytes(b"half a save")
+    r = _ok(_cli(out, cache, "--steps", STEPS, "--resume"))
+    assert f"warning: {newest}" in r.stdout and "trying the one before it" in r.stdout
+    assert "resuming at step 3" in r.stdout and ".tmp-interrupted.pt" in r.stdout
+    assert not (out / "checkpoints" / ".tmp-interrupted.pt").exists()
+    a = ckpt.load_checkpoint(full_run / "checkpoints" / "step_00000006.pt")
+    b = ckpt.load_checkpoint(newest)
+    assert _trees_equal(a["params"], b["params"])
