@@ -244,3 +244,14 @@ def test_benchmarks_leave_sys_path_alone():
     offenders = [p.name for p in (ROOT / "benchmarks").glob("*.py")
                  if "sys.path" in p.read_text()]
     assert offenders == []
+
+
+@pytest.mark.slow
+def test_fault_injection_survives_kills(tmp_path):
+    """benchmarks/fault_injection.py: SIGKILLs at random moments, resumes, and the run ends
+    bit-identical to an uninterrupted one."""
+    from benchmarks import fault_injection
+
+    r = fault_injection.main(["--kills", "3", "--steps", "200", "--json", str(tmp_path / "f.json")])
+    assert r["kills"] == 3 and r["params_identical"] and r["opt_state_identical"]
+    assert r["eval_identical"]
