@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     subprocess.run(command(ref, cache, args.steps, 1e6, False), cwd=REPO, env=env, check=True,
                    capture_output=True)
     ref_s = time.time() - t  # a start's length: kills fall anywhere inside one
+    # kills spread so that the run needs about all of them: from start-up (importing, loading
+    # the checkpoint) to well into the steps and saves
+    spread = 3.0 + 2.0 * max(ref_s - 3.0, 1.0) / max(args.kills, 1)
     out, kills, starts = work / "faulty", 0, 0
     while not (out / "summary.json").exists():
         resume = bool(ckpt.list_checkpoints(out / "checkpoints"))
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         starts += 1
         if kills < args.kills:
             try:
-                proc.wait(timeout=rng.uniform(0.5, 0.6 * ref_s))
+                proc.wait(timeout=rng.uniform(0.5, spread))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1

@@ -11,6 +11,7 @@ import contextlib
 import importlib.metadata
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -21,6 +22,19 @@ class UserError(Exception):
 
 
 EXIT_BAD_INPUT = 2
+
+
+def guarded(fn, *, debug: bool = False, errors: tuple = ()) -> int:
+    """``fn()``'s exit code, with a user-facing failure (bad input, a missing or unreadable
+    file, a full or read-only disk, and ``errors``) reported as one line on stderr and exit
+    code 2; ``debug`` lets the traceback through instead."""
+    try:
+        return fn()
+    except (UserError, ValueError, OSError, *errors) as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 # -- device and dtype --------------------------------------------------------------------------
 

@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--num-proc", type=int, help="processes that tokenize a corpus not yet cached (default: "
       "one per 4M characters, up to the usable cores)")
     a("--no-plot", action="store_true")
+    a("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     a("--stop-at-step", type=int, help="save and exit after this step, as if interrupted")
     return p
 
@@ -174,13 +175,9 @@ def resolve(flags: dict, device, saved: dict | None = None, source: str = "check
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        with contextlib.ExitStack() as held:  # the run directory's lock, released at the end
-            return run(args, held)
-    except (UserError, FileNotFoundError, ValueError, ckpt.CheckpointCorrupt,
-            rundir.RunDirBusy) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return runtime.EXIT_BAD_INPUT
+    with contextlib.ExitStack() as held:  # the run directory's lock, released at the end
+        return runtime.guarded(lambda: run(args, held), debug=args.debug,
+                               errors=(ckpt.CheckpointCorrupt, rundir.RunDirBusy))
 
 
 def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:

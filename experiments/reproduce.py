@@ -23,7 +23,6 @@ from electra_fn import checkpoint as ckpt
 from electra_fn import finetune as FT
 from electra_fn import glue_run, reproduction, rundir, runtime
 from electra_fn.config import FinetuneConfig
-from electra_fn.runtime import UserError
 from experiments import configs
 
 TASKS = "cola,sst2,mrpc,stsb,rte,wnli"  # the paper's small tasks; WNLI reported apart
@@ -46,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", default="auto")
     a("--dtype", default="auto", choices=("auto", "float32", "bf16"))
     a("--cache-dir", default=None, help="tokenizer/data cache of the pre-training run")
+    a("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     a("--batch-seeds", action="store_true", help="fine-tune each task's seeds together, one "
       "vmapped step (the configuration's default if it says so)")
     return p
@@ -67,11 +67,7 @@ def pretrain(name: str, out: Path, device: str, cache_dir: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (UserError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return runtime.EXIT_BAD_INPUT
+    return runtime.guarded(lambda: run(args), debug=args.debug)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -779,3 +779,31 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, cache, full
     a = ckpt.load_checkpoint(full_run / "checkpoints" / "step_00000006.pt")
     b = ckpt.load_checkpoint(newest)
     assert _trees_equal(a["params"], b["params"])
+
+
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path, cache, full_run,
+                                                                  monkeypatch):
+    """ENOSPC in the second checkpoint save (simulated): exit 2 with one line naming the file
+    and the error, no traceback, and the first checkpoint still loads; --debug shows the
+    traceback instead."""
+    import errno
+
+    real, calls = ckpt.save_checkpoint, {"n": 0}
+
+    def save(directory, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory / "x.pt"))
+        return real(directory, **kw)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+    out = tmp_path / "run"
+    r = _main_in_process(_args(out, cache, "--steps", STEPS, "--save-every", "0.001"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "No space left on device" in r.stderr and "x.pt" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(out / "checkpoints"))["step"] == 1
+    calls["n"] = 1
+    with pytest.raises(OSError):
+        _main_in_process(_args(tmp_path / "again", cache, "--steps", STEPS, "--save-every",
+                               "0.001", "--debug"))
