@@ -14,6 +14,7 @@ import math
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -597,7 +598,12 @@ def finish(run: Run, evaluate: Callable[[dict], dict], device: torch.device, plo
     evals = rundir.read_jsonl(out / "eval.jsonl", log)
     first = evals[0]
     cpu_params = tree_map(lambda x: x.detach().to("cpu"), run.params)
-    written = hf.save_hf(cpu_params, run.cfg.model, out / "hf", tokenizer_dir=out / "tokenizer")
+    with warnings.catch_warnings(record=True) as said:  # e.g. no `tokenizers`: a note, not a
+        warnings.simplefilter("always")                  # warning with a source line
+        written = hf.save_hf(cpu_params, run.cfg.model, out / "hf",
+                             tokenizer_dir=out / "tokenizer")
+    for w in said:
+        log(f"note: {w.message}")
     wall = time.time() - t_start
     summary = {"steps": run.step, "wall_time_s": wall, "device": str(device),
                "tokens_seen": run.step * run.cfg.batch_size * run.cfg.seq_len,

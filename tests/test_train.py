@@ -146,3 +146,34 @@ def test_no_checkpoint_is_written_during_a_non_finite_streak(tmp_path):
     refused = [m for m in said if "not written" in m]
     assert [int(m.rsplit("_", 1)[1].split(".")[0]) for m in written] == [1, 2, 6, 7]
     assert len(refused) == 3 and "streak of 3 non-finite" in refused[-1]
+
+
+def test_export_warnings_become_notes_in_the_log(tmp_path, monkeypatch):
+    """A warning from the export (e.g. no `tokenizers` package for the transformers tokenizer
+    files) reaches the user as one logged note, not a Python warning with a source line."""
+    import warnings
+
+    from electra_fn import hf
+
+    tok = toklib.train_tokenizer([str(CORPUS)], 300, str(tmp_path / "cache"), log=lambda m: None)
+    data = pdata.build_pretraining_data([str(CORPUS)], tok, seq_len=32, seed=0,
+                                        cache_dir=str(tmp_path / "cache"), valid_fraction=0.05,
+                                        log=lambda m: None)
+    cfg = PretrainConfig(model=ModelConfig.from_name("tiny").replace(vocab_size=tok.vocab_size),
+                         seq_len=32, batch_size=2, total_steps=1, warmup_steps=0)
+
+    def save_hf(*a, **kw):
+        warnings.warn("no tokenizers here")
+        return {}
+
+    monkeypatch.setattr(hf, "save_hf", save_hf)
+    out = tmp_path / "run"
+    (out / "tokenizer").mkdir(parents=True)
+    tok.save(str(out / "tokenizer"))
+    said = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning escaping the run would fail the test
+        assert train.pretrain_run(cfg, data, out, step_opts=train.StepOptions(),
+                                  loop_opts=train.LoopOptions(plot=False), run_info={},
+                                  log=said.append) == 0
+    assert "note: no tokenizers here" in said
