@@ -229,7 +229,7 @@ def test_compile_time_records_a_compile_cut_off_at_its_limit(tmp_path, monkeypat
 
 
 # -- layout -------------------------------------------------------------------------------
-@pytest.mark.parametrize("script", ["throughput", "gpu_checks"])
+@pytest.mark.parametrize("script", ["throughput"])  # the README's; the others run as -m
 def test_benchmark_scripts_run_by_path_too(script):
     """``python benchmarks/<script>.py`` (not only ``python -m benchmarks.<script>``): its
     ``from benchmarks import ...`` resolves through the installed package."""

@@ -203,6 +203,20 @@ def test_a_failed_capture_falls_back_to_the_same_step():
         strict(_clone(params), _clone(opt), _batch(0), pretrain.step_key(0, 0))
 
 
+def test_capturing_never_queries_the_cuda_stream_while_compiling(monkeypatch):
+    """The mechanism the next test checks on the whole step, in a second: under torch.compile
+    ``runtime.capturing()`` (which the model and the step consult) answers without the CUDA
+    stream query that dynamo cannot trace."""
+    def untraceable():
+        raise AssertionError("torch.cuda.is_current_stream_capturing() reached while compiling")
+
+    monkeypatch.setattr(runtime, "cuda_stream_capturing", untraceable)
+    fn = torch.compile(lambda x: x + (1.0 if runtime.capturing() or runtime.traced() else 0.0),
+                       fullgraph=True, backend="eager")
+    assert float(fn(torch.zeros(()))) == 1.0  # traced() is true while compiling
+
+
+@pytest.mark.slow  # dynamo traces the whole step (~12 s on the 2-core CPU)
 def test_compiled_step_does_not_query_cuda_capture(monkeypatch):
     """On a CUDA machine ``capturing()`` asks the CUDA stream, which dynamo cannot trace (a
     fullgraph compile of the step failed on an H200 that way): a compiled step must not reach
