@@ -131,16 +131,15 @@ def test_unknown_variant_is_rejected():
 
 
 # -- end to end ---------------------------------------------------------------------------
-def test_benchmark_runs_end_to_end_on_tiny(tmp_path):
+def test_benchmark_runs_end_to_end_on_tiny(tmp_path, capsys):
+    """In-process (the by-path and -m entry points are checked below and in gpu_checks')."""
     out = tmp_path / "bench.json"
     variants = "ours-func-eager,ours-autograd-eager,hf-eager"
-    cmd = [sys.executable, "-m", "benchmarks.throughput", "--preset", "tiny", "--batch-size",
-           "2", "--seq-len", "32", "--steps", "2", "--warmup", "1", "--rounds", "2",
-           "--variants", variants, "--json", str(out), "--profile",
-           "--trace-dir", str(tmp_path / "traces"), "--peak-seconds", "0.2", "--quiet"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| variant | ms/step | tokens/s |" in proc.stdout
+    bench.main(["--preset", "tiny", "--batch-size", "2", "--seq-len", "32", "--steps", "2",
+                "--warmup", "1", "--rounds", "2", "--variants", variants, "--json", str(out),
+                "--profile", "--trace-dir", str(tmp_path / "traces"), "--peak-seconds", "0.2",
+                "--quiet"])
+    assert "| variant | ms/step | tokens/s |" in capsys.readouterr().out
     r = orjson.loads(out.read_bytes())
     assert r["device"] == "cpu" and r["dtype"] == "float32"
     assert r["batch_size"] == 2 and r["seq_len"] == 32 and r["tokens_per_step"] == 64

@@ -554,7 +554,7 @@ def test_budgeted_run_refits_its_steps_to_its_own_pace(tmp_path, cache, full_run
     monkeypatch.setattr(pretrain_small, "StepBudget",
                         functools.partial(StepBudget, finish_reserve_s=0.5))
     out = tmp_path / "run"
-    r = _main_in_process(_args(out, cache, "--time-budget", "12s"))
+    r = _main_in_process(_args(out, cache, "--time-budget", "8s"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     config = orjson.loads((out / "config.json").read_bytes())
     fit = config["run"]["budget_refit"]
