@@ -1,5 +1,6 @@
 """GLUE readers (incl. the file quirks), encoding, truncation, caching, bucketing, submissions."""
 
+import re
 import shutil
 import zlib
 from pathlib import Path
@@ -525,3 +526,45 @@ def test_load_task_works_without_datasets(tmp_path, monkeypatch):
                           tokenizer_id="t")
     assert without["train"].columns["input_ids"] == with_cache["train"].columns["input_ids"]
     assert not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------- malformed files
+def test_out_of_range_stsb_scores_are_malformed_rows(tmp_path):
+    """The original's STS asserts 0 <= score <= 5: a 7.5 (which would train to NaN-prone
+    targets and break the submission range) is a malformed row, named with its line."""
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    row = "{i}\tmain\tf\t2012\t{i}\tnone\tnone\tA man runs.\tA man is running.\t{s}\n"
+    write_tsv(tmp_path, "STS-B", "train",
+              header + "".join(row.format(i=i, s=s) for i, s in enumerate((4.2, 7.5, -0.5, 0.0))))
+    s = G.read_split(tmp_path, "stsb", "train")
+    assert [e.label for e in s.examples] == [4.2, 0.0]
+    assert s.skipped == [(3, "score 7.5 outside [0, 5]"), (4, "score -0.5 outside [0, 5]")]
+
+
+def test_a_non_utf8_byte_names_the_file_and_line(tmp_path):
+    folder = tmp_path / "SST-2"
+    folder.mkdir()
+    (folder / "train.tsv").write_bytes(b"sentence\tlabel\ngood film\t1\nbad \xff film\t0\n")
+    with pytest.raises(ValueError, match=r"SST-2/train.tsv:3: not UTF-8"):
+        G.read_split(tmp_path, "sst2", "train")
+
+
+@pytest.mark.parametrize("text, why", [
+    ("", "no usable rows (0 malformed)"),
+    ("sentence\tlabel\n", "no usable rows (0 malformed)"),
+    ("sentence\tlabel\nbad row\n\tmaybe\n", "no usable rows (2 malformed; first: line 2"),
+])
+def test_an_empty_header_only_or_all_malformed_split_is_an_error(tmp_path, text, why):
+    write_tsv(tmp_path, "SST-2", "dev", text)
+    with pytest.raises(ValueError, match=re.escape(why)):
+        G.read_split(tmp_path, "sst2", "dev")
+
+
+def test_a_split_that_lost_its_header_keeps_its_first_row(tmp_path):
+    """RTE dev without its header line: the first line is a real row (its index is a number
+    and its label valid), so it is kept, not dropped as a header."""
+    rows = "0\tA dog barks.\tAn animal makes noise.\tentailment\n1\tIt rains.\tIt is dry.\tnot_entailment\n"
+    write_tsv(tmp_path, "RTE", "dev", rows)
+    assert [e.guid for e in G.read_split(tmp_path, "rte", "dev").examples] == ["0", "1"]
+    write_tsv(tmp_path, "RTE", "dev", "index\tsentence1\tsentence2\tlabel\n" + rows)
+    assert [e.guid for e in G.read_split(tmp_path, "rte", "dev").examples] == ["0", "1"]

@@ -60,6 +60,8 @@ class TaskSpec:
     # Regression trains on score / target_scale (the original's STS: (label - 0) / 5) and
     # predicts on the score's own scale.
     target_scale: float = 1.0
+    # The scores a regression task allows (the original's STS asserts 0 <= score <= 5).
+    score_range: tuple[float, float] | None = None
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -102,7 +104,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("stsb", "STS-B", True, (),
                  Layout((10,), 7, 8, 9, 0, has_header=True),
                  Layout((9,), 7, 8, None, 0, has_header=True),
-                 num_epochs=10, double_unordered=True, target_scale=5.0),
+                 num_epochs=10, double_unordered=True, target_scale=5.0,
+                 score_range=(0.0, 5.0)),
         # RTE/WNLI/QNLI: index, sentence1|question, sentence2|sentence, label.
         TaskSpec("rte", "RTE", False, _ENTAIL,
                  Layout((4,), 1, 2, 3, 0, has_header=True),
@@ -214,6 +217,9 @@ def _parse_row(spec: TaskSpec, layout: Layout, fields: list[str]) -> tuple[str |
                 return f"unparsable score {raw!r}", None
             if not math.isfinite(label):
                 return f"non-finite score {raw!r}", None
+            low, high = spec.score_range or (-math.inf, math.inf)
+            if not low <= label <= high:
+                return f"score {raw} outside [{low:g}, {high:g}]", None
         elif raw in spec.labels:
             label = spec.labels.index(raw)
         else:
@@ -229,18 +235,24 @@ def read_split(glue_dir: str | os.PathLike, task: str | TaskSpec, split: str, *,
     path = task_dir(glue_dir, spec) / f"{split}.tsv"
     if not path.is_file():
         raise MissingSplitError(spec.name, split, path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
     # Split on "\n" only: str.splitlines would also break at U+2028, U+0085, form feeds...
-    lines = path.read_text(encoding="utf-8-sig").split("\n")
+    lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last row (CoLA dev.tsv has none)
     examples, skipped = [], []
     for line_no, line in enumerate(lines, start=1):
-        if layout.has_header and line_no == 1:
-            continue
         if line.endswith("\r"):
             line = line[:-1]
         fields = line.split("\t")
         reason, parsed = _parse_row(spec, layout, fields)
+        if layout.has_header and line_no == 1 and _is_header(layout, fields, reason):
+            continue
         if reason is not None:
             if strict:
                 raise ValueError(f"{path}:{line_no}: {reason}")
@@ -249,7 +261,18 @@ def read_split(glue_dir: str | os.PathLike, task: str | TaskSpec, split: str, *,
         text_a, text_b, label = parsed
         guid = f"{split}-{line_no}" if layout.guid is None else fields[layout.guid]
         examples.append(Example(guid, text_a, text_b, label))
+    if not examples:
+        first = f"; first: line {skipped[0][0]} ({skipped[0][1]})" if skipped else ""
+        raise ValueError(f"{path}: no usable rows ({len(skipped)} malformed{first})")
     return Split(spec.name, split, path, examples, skipped)
+
+
+def _is_header(layout: Layout, fields: list[str], reason: str | None) -> bool:
+    """Whether a split's first line is its header: it does not parse as a row, or its index
+    column is not a number. A file that lost its header keeps its first row."""
+    if reason is not None:
+        return True
+    return layout.guid is not None and not fields[layout.guid].strip().isdigit()
 
 
 def augment_both_orders(examples: Sequence[Example]) -> list[Example]:
