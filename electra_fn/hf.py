@@ -53,18 +53,21 @@ def _encoder_to_hf(enc: Params, prefix: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def to_hf_state_dict(params: Params, part: str) -> dict[str, torch.Tensor]:
-    """Our tree -> the ``state_dict`` of ``ElectraForPreTraining`` / ``ElectraForMaskedLM``."""
-    if part not in (DISCRIMINATOR, GENERATOR):
-        raise ValueError(f"part={part!r}: expected 'discriminator' or 'generator'")
-    emb = params["embeddings"]
-    sd = {
+def _embeddings_to_hf(emb: Params) -> dict[str, torch.Tensor]:
+    return {
         "electra.embeddings.word_embeddings.weight": emb["word"],
         "electra.embeddings.position_embeddings.weight": emb["position"],
         "electra.embeddings.token_type_embeddings.weight": emb["token_type"],
         "electra.embeddings.LayerNorm.weight": emb["layer_norm"]["weight"],
         "electra.embeddings.LayerNorm.bias": emb["layer_norm"]["bias"],
     }
+
+
+def to_hf_state_dict(params: Params, part: str) -> dict[str, torch.Tensor]:
+    """Our tree -> the ``state_dict`` of ``ElectraForPreTraining`` / ``ElectraForMaskedLM``."""
+    if part not in (DISCRIMINATOR, GENERATOR):
+        raise ValueError(f"part={part!r}: expected 'discriminator' or 'generator'")
+    sd = _embeddings_to_hf(params["embeddings"])
     net = params[part]
     sd.update(_encoder_to_hf(net, "electra."))
     head = net["head"]
@@ -76,7 +79,7 @@ def to_hf_state_dict(params: Params, part: str) -> dict[str, torch.Tensor]:
         for ours, theirs in (("dense", "dense"), ("layer_norm", "LayerNorm")):
             sd[f"generator_predictions.{theirs}.weight"] = head[ours]["weight"]
             sd[f"generator_predictions.{theirs}.bias"] = head[ours]["bias"]
-        sd["generator_lm_head.weight"] = emb["word"]  # tied
+        sd["generator_lm_head.weight"] = params["embeddings"]["word"]  # tied
         sd["generator_lm_head.bias"] = head["output_bias"]
     else:
         raise ValueError(f"part={part!r}: expected 'discriminator' or 'generator'")
@@ -500,14 +503,7 @@ def to_hf_classifier_state_dict(ft_params: Params) -> dict[str, torch.Tensor]:
     if 2 * C > H:
         raise ValueError(f"hidden_size={H} is below 2 * num_labels={2 * C}: the classifier "
                          "cannot be written as transformers' ElectraClassificationHead")
-    emb = ft_params["embeddings"]
-    sd = {
-        "electra.embeddings.word_embeddings.weight": emb["word"],
-        "electra.embeddings.position_embeddings.weight": emb["position"],
-        "electra.embeddings.token_type_embeddings.weight": emb["token_type"],
-        "electra.embeddings.LayerNorm.weight": emb["layer_norm"]["weight"],
-        "electra.embeddings.LayerNorm.bias": emb["layer_norm"]["bias"],
-    }
+    sd = _embeddings_to_hf(ft_params["embeddings"])
     sd.update(_encoder_to_hf(ft_params["encoder"], "electra."))
     dense_w = W.new_zeros(H, H)
     dense_b = b.new_zeros(H)

@@ -30,6 +30,7 @@ import sentencepiece as spm
 from electra_fn.config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
 from electra_fn.data.corpus import (expand_corpus_paths, file_sha256, read_documents,
                                     split_sentences)
+from electra_fn.rundir import write_atomic
 
 # Bump when training settings change in a way the cache key does not capture.
 TOKENIZER_TRAIN_VERSION = 1
@@ -65,20 +66,6 @@ def sp_config_path(directory: str | os.PathLike) -> Path | None:
     if legacy.is_file() and is_own_config(legacy.read_bytes()):
         return legacy
     return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; tokenizer files are ordinary shared data
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json_bytes(obj) -> bytes:
@@ -265,10 +252,10 @@ class SentencePieceTokenizer:
         """Write ``tokenizer.model`` and ``electra_fn_tokenizer.json`` (each atomically); a
         legacy ``tokenizer.json`` of ours there is removed, as this supersedes it."""
         os.makedirs(directory, exist_ok=True)
-        _write_atomic(Path(directory, SP_MODEL_FILE), self._proto)
+        write_atomic(Path(directory, SP_MODEL_FILE), self._proto)
         config = {"kind": self.kind, "lowercase": self.lowercase, "vocab_size": self.vocab_size,
                   "special_tokens": list(SPECIAL_TOKENS), **self.info}
-        _write_atomic(Path(directory, SP_CONFIG_FILE), _json_bytes(config))
+        write_atomic(Path(directory, SP_CONFIG_FILE), _json_bytes(config))
         legacy = Path(directory, LEGACY_SP_CONFIG_FILE)
         if legacy.is_file() and is_own_config(legacy.read_bytes()):
             legacy.unlink()
@@ -408,8 +395,8 @@ class WordPieceTokenizer:
         os.makedirs(directory, exist_ok=True)
         target = Path(directory, "vocab.txt")
         if not (target.exists() and os.path.samefile(target, self.vocab_file)):
-            _write_atomic(target, Path(self.vocab_file).read_bytes())
-        _write_atomic(Path(directory, HF_TOKENIZER_CONFIG_FILE),
+            write_atomic(target, Path(self.vocab_file).read_bytes())
+        write_atomic(Path(directory, HF_TOKENIZER_CONFIG_FILE),
                       _json_bytes({"do_lower_case": self.lowercase}))
 
     def transformers_files(self, model_max_length: int | None = None) -> dict[str, bytes]:
