@@ -47,6 +47,11 @@ class ModelConfig:
     # "original": truncated normal and Glorot-uniform where the original has them
     # (electra_fn.layers); "normal": an untruncated normal(0, initializer_range) everywhere.
     init: str = "original"
+    # "shared" (ELECTRA): one word-embedding table trained by both losses. "gdes": the
+    # discriminator reads stop_gradient(word) + word_delta, a zero-initialised table of its
+    # own, so its loss no longer pulls on the generator's embeddings (gradient-disentangled
+    # embedding sharing, DeBERTaV3: He et al. 2021, arXiv:2111.09543, section 3.2).
+    embedding_sharing: str = "shared"
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -72,6 +77,8 @@ class ModelConfig:
                  "must be 'full' or 'self'")
         _require(self.init in ("original", "normal"), c, "init", self.init,
                  "must be 'original' or 'normal'")
+        _require(self.embedding_sharing in ("shared", "gdes"), c, "embedding_sharing",
+                 self.embedding_sharing, "must be 'shared' or 'gdes'")
         g = self.generator
         _require(g.hidden_size >= 1 and g.hidden_size % g.num_heads == 0, c,
                  "generator_multiplier", self.generator_multiplier,

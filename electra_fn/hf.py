@@ -21,6 +21,7 @@ import orjson
 import torch
 
 from .config import ModelConfig, EncoderConfig
+from .model import discriminator_embeddings
 
 Params = dict
 DISCRIMINATOR, GENERATOR = "discriminator", "generator"
@@ -67,7 +68,9 @@ def to_hf_state_dict(params: Params, part: str) -> dict[str, torch.Tensor]:
     """Our tree -> the ``state_dict`` of ``ElectraForPreTraining`` / ``ElectraForMaskedLM``."""
     if part not in (DISCRIMINATOR, GENERATOR):
         raise ValueError(f"part={part!r}: expected 'discriminator' or 'generator'")
-    sd = _embeddings_to_hf(params["embeddings"])
+    # The discriminator's own word table (a GDES delta merged in); the generator's is shared.
+    sd = _embeddings_to_hf(discriminator_embeddings(params) if part == DISCRIMINATOR
+                           else params["embeddings"])
     net = params[part]
     sd.update(_encoder_to_hf(net, "electra."))
     head = net["head"]

@@ -4,7 +4,8 @@ Parameter tree (``init_params``)::
 
     embeddings:    word [V,E], position [P,E], token_type [T,E], layer_norm   (shared)
     generator:     embed_proj (only if E != H_g), layers [...], head {dense, layer_norm, output_bias}
-    discriminator: embed_proj (only if E != H_d), layers [...], head {dense, out}
+    discriminator: embed_proj (only if E != H_d), layers [...], head {dense, out},
+                   word_delta [V,E] (only with ``embedding_sharing="gdes"``)
 
 The generator's MLM head is tied to ``embeddings.word`` (paper, section 3.2: "we share the
 embeddings of the generator and discriminator"). A fine-tuning tree (``finetune_params``) is
@@ -68,6 +69,8 @@ def init_params(cfg: ModelConfig, seed: int) -> Params:
         # run_pretraining.py: the 1-unit output is tf.layers.dense with TF's default kernel.
         "out": L.init_dense(gen, d.hidden_size, 1, std, init, glorot=True),
     }
+    if cfg.embedding_sharing == "gdes":  # drawn after everything else: the shared tree is unchanged
+        discriminator["word_delta"] = torch.zeros(cfg.vocab_size, cfg.embedding_size)
     return {"embeddings": embeddings, "generator": generator, "discriminator": discriminator}
 
 
@@ -81,10 +84,22 @@ def init_classifier(cfg: ModelConfig, num_labels: int, seed: int) -> Params:
                         glorot=True)
 
 
+def discriminator_embeddings(params: Params) -> Params:
+    """The embedding tables the discriminator reads: the shared ones, or with a ``word_delta``
+    (``embedding_sharing="gdes"``) the word table ``stop_gradient(word) + word_delta``."""
+    emb = params["embeddings"]
+    delta_VxE = params["discriminator"].get("word_delta")
+    if delta_VxE is None:
+        return emb
+    return {**emb, "word": emb["word"].detach() + delta_VxE}
+
+
 def finetune_params(params: Params, classifier: Params) -> Params:
-    """The fine-tuning tree: shared embeddings + discriminator encoder + a classifier."""
-    encoder = {k: v for k, v in params["discriminator"].items() if k != "head"}
-    return {"embeddings": params["embeddings"], "encoder": encoder, "classifier": classifier}
+    """The fine-tuning tree: the discriminator's embeddings (a GDES delta merged in), its
+    encoder and a classifier."""
+    encoder = {k: v for k, v in params["discriminator"].items() if k not in ("head", "word_delta")}
+    return {"embeddings": discriminator_embeddings(params), "encoder": encoder,
+            "classifier": classifier}
 
 
 # -- forward ------------------------------------------------------------------------------
@@ -187,7 +202,7 @@ def discriminator_hidden(params: Params, input_ids_BxL, token_type_ids_BxL, atte
     """Discriminator encoder states [B, L, H] (``cfg.disc_context="self"``: each token
     attends only to itself, the no-context control)."""
     k_emb, k_enc = _keys(key)
-    emb = embed(params["embeddings"], input_ids_BxL, token_type_ids_BxL, cfg, k_emb)
+    emb = embed(discriminator_embeddings(params), input_ids_BxL, token_type_ids_BxL, cfg, k_emb)
     bias = attention_bias(attention_mask_BxL, input_ids_BxL)
     if cfg.disc_context == "self":
         bias = self_only_bias(bias)

@@ -104,6 +104,7 @@ def test_non_positive_sizes_name_the_field(field, value):
     (dict(pad_token_id=1000), "pad_token_id", 1000),
     (dict(num_layers=2.0), "num_layers", 2.0),
     (dict(vocab_size=True), "vocab_size", True),
+    (dict(embedding_sharing="tied"), "embedding_sharing", "tied"),
 ])
 def test_invalid_values_name_field_and_value(overrides, field, value):
     with pytest.raises(ValueError, match=re.escape(f"{field}={value!r}")):

@@ -326,3 +326,90 @@ def test_eager_equals_compiled(make_batch):
             got = compiled(p, ft, *batch, key)
         for name, e, c in zip(("disc", "gen", "cls"), eager, got):
             torch.testing.assert_close(c, e, atol=ATOL, rtol=1e-5, msg=f"{name} key={key}")
+
+
+# -- the ablation switches (electra_fn.study) ---------------------------------------------
+def _disc_loss(p, batch, cfg, w):
+    return (M.discriminator_logits(p, *batch, cfg) * w).sum()
+
+
+def _gen_loss(p, batch, cfg, w):
+    return (M.generator_logits(p, *batch, cfg) * w).sum()
+
+
+def test_gdes_off_is_todays_tree_and_on_adds_only_a_zero_delta(tiny_cfg, make_batch):
+    shared = M.init_params(tiny_cfg, 3)
+    gdes = M.init_params(tiny_cfg.replace(embedding_sharing="gdes"), 3)
+    delta = gdes["discriminator"].pop("word_delta")
+    assert torch.equal(delta, torch.zeros(tiny_cfg.vocab_size, tiny_cfg.embedding_size))
+    assert tree_flatten(gdes)[1] == tree_flatten(shared)[1]
+    assert all(torch.equal(a, b) for a, b in zip(tree_leaves(gdes), tree_leaves(shared)))
+    assert "word_delta" not in M.init_params(tiny_cfg, 3)["discriminator"]
+
+
+def test_gdes_stops_the_discriminators_gradient_at_the_shared_table(tiny_cfg, make_batch):
+    cfg = tiny_cfg.replace(embedding_sharing="gdes")
+    shared = perturbed(M.init_params(tiny_cfg, 0), 1)
+    gdes = {**shared, "discriminator": {**shared["discriminator"], "word_delta": torch.zeros(
+        cfg.vocab_size, cfg.embedding_size)}}
+    batch = make_batch(cfg, 2, 7, 4)
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    w_disc = torch.randn(2, 7, generator=g)
+    w_gen = torch.randn(2, 7, cfg.vocab_size, generator=g)
+    # A zero delta: the same forward.
+    assert torch.equal(M.discriminator_logits(gdes, *batch, cfg),
+                       M.discriminator_logits(shared, *batch, tiny_cfg))
+    g_shared = flat_dict(torch.func.grad(_disc_loss)(shared, batch, tiny_cfg, w_disc))
+    g_gdes = flat_dict(torch.func.grad(_disc_loss)(gdes, batch, cfg, w_disc))
+    assert g_shared["embeddings.word"].abs().sum() > 0
+    assert torch.equal(g_gdes["embeddings.word"], torch.zeros_like(g_gdes["embeddings.word"]))
+    torch.testing.assert_close(g_gdes["discriminator.word_delta"], g_shared["embeddings.word"])
+    # The generator's gradient is untouched.
+    gen_shared = flat_dict(torch.func.grad(_gen_loss)(shared, batch, tiny_cfg, w_gen))
+    gen_gdes = flat_dict(torch.func.grad(_gen_loss)(gdes, batch, cfg, w_gen))
+    assert torch.equal(gen_gdes["embeddings.word"], gen_shared["embeddings.word"])
+    assert torch.equal(gen_gdes["discriminator.word_delta"],
+                       torch.zeros_like(gen_gdes["discriminator.word_delta"]))
+
+
+def test_gdes_fine_tunes_and_exports_the_merged_table(tiny_cfg, make_batch):
+    from electra_fn import hf
+
+    cfg = tiny_cfg.replace(embedding_sharing="gdes")
+    p = perturbed(M.init_params(cfg, 0), 2)
+    merged = p["embeddings"]["word"] + p["discriminator"]["word_delta"]
+    ft = M.finetune_params(p, M.init_classifier(cfg, 2, 0))
+    assert "word_delta" not in ft["encoder"]
+    torch.testing.assert_close(ft["embeddings"]["word"], merged, rtol=0, atol=0)
+    sd = hf.to_hf_state_dict(p, "discriminator")
+    torch.testing.assert_close(sd["electra.embeddings.word_embeddings.weight"], merged,
+                               rtol=0, atol=0)
+    gen_sd = hf.to_hf_state_dict(p, "generator")
+    assert torch.equal(gen_sd["electra.embeddings.word_embeddings.weight"],
+                       p["embeddings"]["word"])
+
+
+@pytest.mark.parametrize("rates", [(0.0, 0.0), (0.1, 0.1)])
+def test_zero_dropout_draws_no_dropout_noise(tiny_cfg, make_batch, monkeypatch, rates):
+    cfg = tiny_cfg.replace(hidden_dropout=rates[0], attention_dropout=rates[1])
+    drawn = []
+    real = rng.uniform
+    monkeypatch.setattr(rng, "uniform", lambda key, shape, *a, **k: (
+        drawn.append(shape), real(key, shape, *a, **k))[1])
+    p = M.init_params(cfg, 0)
+    M.discriminator_logits(p, *make_batch(cfg, 2, 6, 1), cfg, key=rng.key(0))
+    if rates == (0.0, 0.0):
+        assert drawn == []
+    else:  # embeddings, and per layer: attention probabilities, attention output, FFN output
+        assert len(drawn) == 1 + 3 * cfg.num_layers
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_head_count_sets_the_attention_maps_per_layer(tiny_cfg, make_batch, monkeypatch, heads):
+    cfg = tiny_cfg.replace(num_heads=heads, hidden_dropout=0.0, attention_dropout=0.0)
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *a, **k: (seen.append(tuple(q.shape)), real(q, *a, **k))[1])
+    M.discriminator_logits(M.init_params(cfg, 0), *make_batch(cfg, 2, 6, 1), cfg)
+    assert seen == [(2, heads, 6, cfg.hidden_size // heads)] * cfg.num_layers
