@@ -3,7 +3,8 @@
 Each module here is one documented run: its docstring opens with the command, the expected
 wall time and the result it reached (with the record that holds it); ``FLAGS`` maps the
 command line's flag names (underscored) to values; ``GLUE`` (optional) the fine-tuning
-defaults of ``experiments.reproduce``. Flags given on the command line win.
+defaults of ``experiments.reproduce``; ``STUDY`` (optional) the variants and seeds of
+``experiments.ablate``, whose baseline is ``FLAGS``. Flags given on the command line win.
 """
 
 from __future__ import annotations
@@ -28,8 +29,13 @@ def load(name: str) -> dict:
 
 def glue(name: str) -> dict:
     """The GLUE settings of configuration ``name`` for ``experiments.reproduce`` ({} if none)."""
+    return part(name, "GLUE")
+
+
+def part(name: str, attribute: str) -> dict:
+    """Configuration ``name``'s ``attribute`` (``GLUE``, ``STUDY``) as a dict ({} if none)."""
     load(name)  # the same check and error
-    return dict(getattr(importlib.import_module(f"{__name__}.{name}"), "GLUE", {}))
+    return dict(getattr(importlib.import_module(f"{__name__}.{name}"), attribute, {}))
 
 
 def apply(name: str, flags: dict, parser) -> dict:

@@ -1,0 +1,254 @@
+"""Ablation studies: variants of one pre-training recipe at equal pre-training FLOPs, with the
+same data, seeds and evaluation, read into one table, verdicts and a plot.
+
+A variant overrides fields of the baseline's :class:`ModelConfig` and :class:`PretrainConfig`;
+its step count is the baseline's FLOPs budget over its own FLOPs per step
+(:func:`electra_fn.flops.electra_step_flops`), its warmup the baseline's fraction of that.
+The runs themselves are :func:`electra_fn.train.pretrain_run` and
+:func:`electra_fn.glue_run.run_glue`; this module plans them and reads their files.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import checkpoint as ckpt
+from . import flops, rundir, runtime, train
+from .config import PretrainConfig
+from .reproduction import task_results
+
+# Held-out metrics of the final evaluation (eval.jsonl), as (key, label).
+HELD_OUT = (("gen_accuracy", "generator MLM accuracy"),
+            ("disc_auc", "AUC, generator's replacements"),
+            ("unigram/disc_auc", "AUC, unigram replacements"),
+            ("uniform/disc_auc", "AUC, uniform replacements"))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of a study: a name, overrides of the model and of the recipe, and why."""
+
+    name: str
+    model: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)
+    why: str = ""
+
+
+def variant_config(base: PretrainConfig, variant: Variant, seed: int) -> PretrainConfig:
+    """``base`` with ``variant``'s overrides and ``seed``, its steps set so that its training
+    FLOPs equal ``base``'s (at least 1 step) and its warmup the same fraction of them."""
+    cfg = base.replace(model=base.model.replace(**variant.model), seed=seed, **variant.recipe)
+    budget = flops.electra_step_flops(base)["total"] * base.total_steps
+    steps = max(1, round(budget / flops.electra_step_flops(cfg)["total"]))
+    warmup = min(steps, max(1, round(steps * base.warmup_steps / base.total_steps)))
+    return cfg.replace(total_steps=steps, warmup_steps=warmup)
+
+
+def run_dir(out: Path, variant: str, seed: int) -> Path:
+    """Where one (variant, pre-training seed) lives: ``pretrain/`` and ``glue/`` inside."""
+    return Path(out) / variant / f"seed{seed}"
+
+
+def pretrain_variant(cfg: PretrainConfig, data, directory: Path, tokenizer, *,
+                     step_opts: train.StepOptions, loop_opts: train.LoopOptions, run_info: dict,
+                     log: train.Log = print) -> int:
+    """Pre-train one (variant, seed) into ``directory``: done before (0), continued from its
+    newest checkpoint, or started; the exit code of :func:`electra_fn.train.pretrain_run`. A
+    checkpoint whose recipe differs from ``cfg`` is refused (the study was edited)."""
+    if (directory / "summary.json").is_file():
+        return 0
+    t_start = time.time()
+    directory.mkdir(parents=True, exist_ok=True)
+    with rundir.owned(directory, log):
+        has = bool(ckpt.list_checkpoints(directory / "checkpoints"))
+        state, source = train.open_run(directory, "latest" if has else None, False, log)
+        if state is None:
+            cfg, run_info, _ = train.start_run(
+                cfg, data, directory, step_opts=step_opts, budget=None,
+                warmup=cfg.warmup_steps, bias_correction=cfg.adam_bias_correction,
+                run_info=run_info, t_start=t_start, tokenizer=tokenizer, log=log)
+        else:
+            saved = PretrainConfig.from_dict(state["config"]["pretrain"])
+            if saved != cfg:
+                raise runtime.UserError(
+                    f"{source}: its recipe differs from the study's for this variant (was the "
+                    "study edited?); move the directory away to start it again")
+            run_info = state["config"]["run"]
+        log(train.describe(cfg, step_opts))
+        return train.pretrain_run(cfg, data, directory, step_opts=step_opts, loop_opts=loop_opts,
+                                  run_info=run_info, state=state, state_source=str(source),
+                                  t_start=t_start, resume_hint="the same command", log=log)
+
+
+# -- reading the runs ---------------------------------------------------------------------
+def mean_std(values: list[float]) -> dict:
+    """Mean, sample std (0 for one value) and count."""
+    return {"mean": statistics.fmean(values), "n": len(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def read_run(directory: Path) -> dict | None:
+    """One finished (variant, seed): held-out metrics at the end, steps, FLOPs, wall time and
+    the median pace from ``metrics.jsonl``; per GLUE task the fine-tuning seeds' values (×100).
+    None while its pre-training has not finished."""
+    pre = directory / "pretrain"
+    if not (pre / "summary.json").is_file():
+        return None
+    summary = rundir.read_json(pre / "summary.json")
+    rows = rundir.read_jsonl(pre / "metrics.jsonl", lambda _msg: None)
+    paces = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s")]
+    cfg = PretrainConfig.from_dict(rundir.read_json(pre / "config.json")["pretrain"])
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    final = summary["held_out_final"]
+    return {"steps": summary["steps"], "flops": summary["compute"]["flops"],
+            "wall_time_s": summary["wall_time_s"],
+            "step_s": tokens_per_step / statistics.median(paces) if paces else None,
+            "held_out": {k: final.get(k) for k, _ in HELD_OUT},
+            "glue": {t: r["values"] for t, r in task_results(directory / "glue").items()}}
+
+
+def glue_scores(runs: list[dict], tasks: list[str]) -> list[float]:
+    """The task average of every (pre-training seed, fine-tuning seed) pair that has all
+    ``tasks``: the sample whose mean and spread a variant's GLUE cell shows."""
+    scores = []
+    for r in runs:
+        if not all(t in r["glue"] for t in tasks):
+            continue
+        for values in zip(*(r["glue"][t] for t in tasks)):
+            scores.append(statistics.fmean(values))
+    return scores
+
+
+def verdict(name: str, label: str, a: dict | None, base: dict | None) -> str:
+    """A sentence on whether ``a`` differs from the baseline by more than twice the standard
+    error of the difference (Welch); with fewer than two values a side, no spread is known."""
+    if a is None or base is None:
+        return f"{name}: {label} not measured (yet) for it or the baseline."
+    diff = a["mean"] - base["mean"]
+    if a["n"] < 2 or base["n"] < 2:
+        return (f"{name}: {label} {diff:+.3g} against the baseline, from {a['n']} and "
+                f"{base['n']} value(s): no spread to judge it by.")
+    se = math.sqrt(a["std"] ** 2 / a["n"] + base["std"] ** 2 / base["n"])
+    beyond = abs(diff) > 2 * se
+    return (f"{name}: {label} {diff:+.3g} against the baseline (2 s.e. {2 * se:.2g}, n = "
+            f"{a['n']} / {base['n']}): {'exceeds' if beyond else 'within'} the spread.")
+
+
+def summarise(out: Path, variants: list[Variant], seeds: list[int], tasks: list[str]) -> dict:
+    """The study's report from its run directories: per variant the runs found, their cost and
+    pace, each held-out metric and the GLUE average as mean ± std, and the verdicts against
+    the first variant (the baseline)."""
+    report: dict = {"tasks": tasks, "variants": {}}
+    for v in variants:
+        runs = [r for s in seeds if (r := read_run(run_dir(out, v.name, s))) is not None]
+        row: dict = {"why": v.why, "model": v.model, "recipe": v.recipe, "seeds_done": len(runs)}
+        if runs:
+            row["steps"] = runs[0]["steps"]
+            row["flops"] = runs[0]["flops"]
+            row["wall_time_s"] = mean_std([r["wall_time_s"] for r in runs])
+            paces = [r["step_s"] for r in runs if r["step_s"]]
+            row["step_s"] = mean_std(paces) if paces else None
+            for key, _ in HELD_OUT:
+                vals = [r["held_out"][key] for r in runs if r["held_out"].get(key) is not None]
+                row[key] = mean_std(vals) if vals else None
+            scores = glue_scores(runs, tasks)
+            row["glue"] = mean_std(scores) if scores else None
+            row["glue_tasks"] = {t: mean_std([x for r in runs for x in r["glue"].get(t, [])])
+                                 for t in tasks if any(t in r["glue"] for r in runs)}
+        report["variants"][v.name] = row
+    base_name = variants[0].name
+    base = report["variants"][base_name]
+    for v in variants[1:]:
+        row = report["variants"][v.name]
+        if not row["seeds_done"]:
+            row["verdicts"] = [f"{v.name}: not run yet."]
+            continue
+        row["verdicts"] = [verdict(v.name, label, row.get(key), base.get(key))
+                           for key, label in HELD_OUT[:2]]
+        row["verdicts"].append(verdict(v.name, "GLUE average", row.get("glue"),
+                                       base.get("glue")))
+    report["baseline"] = base_name
+    return report
+
+
+def _cell(x: dict | None, scale: float = 1.0, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    spread = f" ± {scale * x['std']:.{digits}f}" if x["n"] > 1 else ""
+    return f"{scale * x['mean']:.{digits}f}{spread}"
+
+
+def markdown(report: dict, title: str) -> str:
+    """``results.md`` of a :func:`summarise` report: one table, then the verdicts."""
+    tasks = report["tasks"]
+    lines = [f"# {title}", "",
+             "Every variant spends the baseline's pre-training FLOPs (steps adjusted); held-out "
+             "metrics are mean ± std over pre-training seeds, GLUE (dev, "
+             f"{', '.join(tasks)}) the task average, mean ± std over every pre-training × "
+             "fine-tuning seed pair.", "",
+             "| variant | seeds | steps | s/step | wall (min) | gen acc | AUC gen | AUC unigram "
+             "| AUC uniform | GLUE avg | " + " | ".join(tasks) + " |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(tasks)]
+    for name, r in report["variants"].items():
+        if not r["seeds_done"]:
+            lines.append(f"| {name} | 0 |" + " – |" * (8 + len(tasks)))
+            continue
+        per_task = [_cell(r["glue_tasks"].get(t), digits=1) for t in tasks]
+        lines.append(
+            f"| {name} | {r['seeds_done']} | {r['steps']:,} | {_cell(r['step_s'], digits=2)} | "
+            f"{_cell(r['wall_time_s'], 1 / 60, 1)} | " + " | ".join(
+                _cell(r.get(k)) for k, _ in HELD_OUT) + f" | {_cell(r['glue'], digits=1)} | "
+            + " | ".join(per_task) + " |")
+    lines += ["", "Against the baseline (a difference counts when it exceeds twice the standard "
+              "error of the difference):", ""]
+    for name, r in report["variants"].items():
+        for sentence in r.get("verdicts", []):
+            lines.append(f"- {sentence}")
+    lines += ["", "Variants:", ""]
+    for name, r in report["variants"].items():
+        changes = ", ".join(f"{k}={v}" for k, v in {**r["model"], **r["recipe"]}.items())
+        lines.append(f"- **{name}** ({changes or 'the recipe as it is'}): {r['why']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> Path | None:
+    """Bars with ± std per variant for the discriminator's AUC, the generator's accuracy and
+    the GLUE average; None without matplotlib or without finished runs."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    names = [n for n, r in report["variants"].items() if r["seeds_done"]]
+    if not names:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("disc_auc", "AUC, generator's replacements"),
+              ("gen_accuracy", "generator MLM accuracy"), ("glue", "GLUE dev average")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 0.35 * len(names) + 1.5),
+                             sharey=True)
+    for ax, (key, label) in zip(axes, panels):
+        cells = [report["variants"][n].get(key) for n in names]
+        means = [c["mean"] if c else float("nan") for c in cells]
+        stds = [c["std"] if c else 0.0 for c in cells]
+        ax.barh(range(len(names)), means, xerr=stds, color="C0", alpha=0.8)
+        base = report["variants"][report["baseline"]].get(key)
+        if base:
+            ax.axvline(base["mean"], color="C3", lw=1)
+        finite = [m for m in means if m == m]
+        if finite:
+            lo, hi = min(finite), max(finite)
+            pad = 0.1 * (hi - lo) + 1e-3 + max(stds)
+            ax.set_xlim(lo - pad, hi + pad)
+        ax.set_title(label, fontsize=9)
+    axes[0].set_yticks(range(len(names)), names)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,164 @@
+"""Run an ablation study: every variant of a named configuration's recipe at the baseline's
+pre-training FLOPs, with the same data, seeds and evaluation, then one table and one plot.
+
+    python -m experiments.ablate --study cpu_ablate --glue-dir ../shared/data/glue
+    python -m experiments.ablate --study cpu_ablate --glue-dir ../shared/data/glue \\
+        --variants baseline,dropout-0 --seeds 0          # a subset first
+    python -m experiments.ablate --study cpu_ablate --report-only
+
+Resumable: run the same command again after an interruption; finished (variant, seed) runs
+and GLUE tasks are kept, an unfinished one continues from its newest checkpoint. Seeds are
+the outer loop (seed 0 of every variant first). Writes ``OUT/report.json``, ``OUT/results.md``
+and ``OUT/study.png`` after every finished run (:mod:`electra_fn.study`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from electra_fn import finetune as FT
+from electra_fn import glue_run, rundir, runtime, study, train
+from electra_fn.config import FinetuneConfig, ModelConfig, PretrainConfig
+from electra_fn.runtime import UserError
+from experiments import configs
+
+CACHE = str(Path.home() / ".cache/electra_fn")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.ablate",
+                                description=__doc__.split("\n\n")[0])
+    a = p.add_argument
+    a("--study", default="cpu_ablate", help="a configuration with a STUDY "
+      f"({', '.join(n for n in configs.names() if configs.part(n, 'STUDY'))})")
+    a("--glue-dir", help="folder with SST-2/, CoLA/, ... (without it: pre-training only)")
+    a("--out", help="output folder (default runs/ablate-STUDY)")
+    a("--variants", help="comma-separated subset of the study's variants (default: all)")
+    a("--seeds", help="comma-separated pre-training seeds (default: the study's)")
+    a("--tasks", help="comma-separated GLUE tasks (default: the study's)")
+    a("--ft-seeds", type=int, help="fine-tuning seeds 0..N-1 (default: the study's)")
+    a("--max-train-examples", type=int, help="GLUE training subsample per task")
+    a("--report-only", action="store_true", help="write the report from the runs done so far")
+    a("--device", default="auto")
+    a("--dtype", default="auto", choices=("auto", "float32", "bf16"))
+    a("--cache-dir", default=CACHE, help="tokenizer/data cache")
+    a("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return p
+
+
+def base_recipe(flags: dict, model: dict, tokenizer) -> PretrainConfig:
+    """The study's baseline: the configuration's flags with its model overrides."""
+    batch = flags["batch_size"]
+    base = ModelConfig.from_name(flags.get("preset", "small"))
+    cfg = PretrainConfig(model=base.replace(vocab_size=tokenizer.vocab_size, **model),
+                         seq_len=flags["seq_len"], batch_size=batch, total_steps=flags["steps"],
+                         learning_rate=flags.get("lr") or train.default_lr(batch),
+                         seed=0, **train.token_ids(tokenizer))
+    warmup, corrected = train.schedule_defaults(cfg.total_steps, flags.get("warmup"),
+                                                flags.get("bias_correction"))
+    return cfg.replace(warmup_steps=warmup, adam_bias_correction=corrected)
+
+
+def pick(given: str | None, known: list[str], what: str) -> list[str]:
+    """The comma-separated subset ``given`` of ``known`` (all of it if None), in given order."""
+    if given is None:
+        return list(known)
+    chosen = [x.strip() for x in given.split(",") if x.strip()]
+    if not chosen or any(x not in known for x in chosen):
+        raise UserError(f"--{what} {given}: choose from {', '.join(known)}")
+    return chosen
+
+
+def ints(given: str, what: str) -> list[int]:
+    """Comma-separated non-negative integers, or a :class:`UserError`."""
+    try:
+        values = [int(x) for x in given.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise UserError(f"--{what} {given}: expected comma-separated non-negative integers")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return runtime.guarded(lambda: run(args), debug=args.debug, errors=(rundir.RunDirBusy,))
+
+
+def run(args: argparse.Namespace) -> int:
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    spec, flags, glue = (configs.part(args.study, "STUDY"), configs.load(args.study),
+                         configs.glue(args.study))
+    if not spec:
+        raise UserError(f"--study {args.study}: the configuration has no STUDY")
+    all_variants = {v.name: v for v in spec["variants"]}
+    variants = [all_variants[n] for n in pick(args.variants, list(all_variants), "variants")]
+    seeds = list(spec["seeds"]) if args.seeds is None else ints(args.seeds, "seeds")
+    tasks = [t.strip() for t in (args.tasks or glue["tasks"]).split(",") if t.strip()]
+    out = Path(args.out or f"runs/ablate-{args.study}")
+    out.mkdir(parents=True, exist_ok=True)
+    reported = list(all_variants.values())  # the report shows every variant
+    if not args.report_only:
+        code = run_all(args, flags, spec, glue, variants, seeds, tasks, out, reported, log)
+        return code  # it wrote the report after every finished run
+    write_report(out, reported, sorted({*spec["seeds"], *seeds}), tasks, args.study, log)
+    return 0
+
+
+def run_all(args, flags, spec, glue, variants, seeds, tasks, out, reported, log) -> int:
+    """Every (seed, variant): pre-training, then GLUE from its checkpoint; the report after each."""
+    device = runtime.resolve_device(args.device)
+    amp = runtime.resolve_amp(args.dtype, device)
+    tokenizer = train.run_tokenizer(out, flags["corpus"], vocab_size=flags["vocab_size"],
+                                    cache_dir=args.cache_dir, log=log)
+    data = train.load_data(flags["corpus"], tokenizer, seq_len=flags["seq_len"], seed=0,
+                           cache_dir=args.cache_dir, valid=flags.get("valid"), num_proc=None,
+                           log=log)
+    base = base_recipe(flags, spec.get("model", {}), tokenizer)
+    step_opts = train.StepOptions(device, amp)
+    loop_opts = train.LoopOptions(plot=False)
+    ft_seeds = tuple(range(args.ft_seeds or glue.get("seeds", 3)))
+    limit = args.max_train_examples or glue.get("max_train_examples")
+    for seed in seeds:
+        for v in variants:
+            directory = study.run_dir(out, v.name, seed)
+            cfg = study.variant_config(base, v, seed)
+            log(f"== {v.name}, seed {seed}: {cfg.total_steps} steps ({directory})")
+            run_info = {"study": args.study, "variant": v.name, "corpus": flags["corpus"],
+                        "valid": flags.get("valid")}
+            code = study.pretrain_variant(cfg, data, directory / "pretrain", tokenizer,
+                                          step_opts=step_opts, loop_opts=loop_opts,
+                                          run_info=run_info, log=log)
+            if code:
+                log(f"stopped in {v.name}, seed {seed} (exit {code}); run the same command "
+                    "again to continue")
+                return code
+            if args.glue_dir:
+                params, model_cfg, tok, info = FT.load_finetune_inputs(directory / "pretrain")
+                opts = glue_run.GlueOptions(args.glue_dir, directory / "glue", ft_seeds,
+                                            str(device), amp, "eager", limit, out / "glue_cache",
+                                            progress=False, title=f"GLUE dev, {v.name}",
+                                            skip_done=True)
+                code = glue_run.run_glue(tasks, params, model_cfg, tok, info,
+                                         FinetuneConfig(), opts, log=log)
+                if code:
+                    return code
+            write_report(out, reported, sorted({*spec["seeds"], *seeds}), tasks, args.study,
+                         log)
+    return 0
+
+
+def write_report(out: Path, variants, seeds, tasks, name: str, log) -> None:
+    report = study.summarise(out, variants, seeds, tasks)
+    report["provenance"] = runtime.provenance()
+    rundir.write_json(out / "report.json", report)
+    text = study.markdown(report, f"Ablation study {name}")
+    rundir.write_atomic(out / "results.md", text.encode())
+    drawn = study.plot(report, out / "study.png")
+    log(f"report: {out / 'results.md'}" + (f", {drawn}" if drawn else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

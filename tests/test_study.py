@@ -1,0 +1,96 @@
+"""Ablation studies: equal-FLOPs planning, the verdict arithmetic, and ``experiments.ablate``
+end to end on the smoke study (:mod:`electra_fn.study`)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+
+from electra_fn import flops, study
+from electra_fn.config import ModelConfig, PretrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "glue"
+BASE = PretrainConfig(model=ModelConfig.from_name("small", num_layers=4, vocab_size=8000),
+                      batch_size=32, total_steps=1200, warmup_steps=120)
+
+
+@pytest.mark.parametrize("variant", [
+    study.Variant("gen-1", model={"generator_multiplier": 1.0}),
+    study.Variant("gen-1/8", model={"generator_multiplier": 0.125}),
+    study.Variant("mask-25", recipe={"mask_prob": 0.25}),
+    study.Variant("heads-8", model={"num_heads": 8})])
+def test_variants_spend_the_baselines_flops(variant):
+    seed = random.randrange(100)
+    cfg = study.variant_config(BASE, variant, seed)
+    per_step = flops.electra_step_flops(cfg)["total"]
+    budget = flops.electra_step_flops(BASE)["total"] * BASE.total_steps
+    assert abs(per_step * cfg.total_steps - budget) <= per_step / 2  # the nearest step count
+    assert cfg.seed == seed
+    assert cfg.warmup_steps == round(cfg.total_steps * 0.1)
+    for k, v in {**variant.model}.items():
+        assert getattr(cfg.model, k) == v
+    for k, v in variant.recipe.items():
+        assert getattr(cfg, k) == v
+    if variant.name == "gen-1":  # a full-size generator costs more per step: fewer steps
+        assert cfg.total_steps < BASE.total_steps
+
+
+def test_baseline_variant_is_the_base_recipe():
+    cfg = study.variant_config(BASE, study.Variant("baseline"), 0)
+    assert cfg == BASE.replace(seed=0)
+
+
+def test_verdict_compares_the_difference_with_its_standard_error():
+    base = study.mean_std([0.60, 0.61, 0.62])
+    far = study.mean_std([0.70, 0.71, 0.72])
+    near = study.mean_std([0.605, 0.615, 0.625])
+    assert "exceeds the spread" in study.verdict("x", "AUC", far, base)
+    assert "within the spread" in study.verdict("x", "AUC", near, base)
+    assert "no spread" in study.verdict("x", "AUC", study.mean_std([0.9]), base)
+    assert "not measured" in study.verdict("x", "AUC", None, base)
+
+
+def test_glue_scores_pair_pretraining_and_finetuning_seeds():
+    runs = [{"glue": {"sst2": [80.0, 82.0], "rte": [50.0, 54.0]}},
+            {"glue": {"sst2": [70.0, 72.0], "rte": [60.0, 62.0]}},
+            {"glue": {"sst2": [99.0, 99.0]}}]  # rte missing: left out
+    assert study.glue_scores(runs, ["sst2", "rte"]) == [65.0, 68.0, 65.0, 67.0]
+
+
+def test_ablate_runs_variants_resumes_and_reports(tmp_path, monkeypatch, capsys):
+    from experiments import ablate
+
+    monkeypatch.chdir(REPO)  # the smoke configuration's corpus path is relative to the repo
+    out = tmp_path / "out"
+    args = ["--study", "smoke", "--glue-dir", str(FIXTURES), "--variants", "baseline,gdes",
+            "--seeds", "0", "--tasks", "sst2", "--out", str(out), "--cache-dir",
+            str(tmp_path / "cache"), "--device", "cpu", "--dtype", "float32"]
+    assert ablate.main(args) == 0, capsys.readouterr().err[-3000:]
+    report = orjson.loads((out / "report.json").read_bytes())
+    rows = report["variants"]
+    assert set(rows) == {"baseline", "dropout-0", "gdes"}  # every variant, run or not
+    assert rows["dropout-0"]["seeds_done"] == 0
+    for name in ("baseline", "gdes"):
+        r = rows[name]
+        assert r["seeds_done"] == 1 and r["steps"] == 30  # GDES costs no FLOPs: same steps
+        assert 0.0 <= r["disc_auc"]["mean"] <= 1.0
+        assert r["glue"]["n"] == 2  # one pre-training seed x two fine-tuning seeds
+    gdes_cfg = orjson.loads((out / "gdes/seed0/pretrain/config.json").read_bytes())
+    assert gdes_cfg["pretrain"]["model"]["embedding_sharing"] == "gdes"
+    assert gdes_cfg["run"]["variant"] == "gdes"
+    md = (out / "results.md").read_text()
+    assert "| gdes | 1 | 30 |" in md and "dropout-0: not run yet." in md
+    # A second run finds both done and trains nothing.
+    summary = out / "baseline/seed0/pretrain/summary.json"
+    before = summary.stat().st_mtime_ns
+    capsys.readouterr()
+    assert ablate.main(args) == 0
+    assert summary.stat().st_mtime_ns == before
+    assert "done before" in capsys.readouterr().err
+    # An unknown variant is a clear error.
+    assert ablate.main(args[:4] + ["--variants", "nope"] + args[6:]) == 2
+    assert "--variants nope: choose from baseline, dropout-0, gdes" in capsys.readouterr().err
