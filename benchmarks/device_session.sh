@@ -17,6 +17,9 @@
 #      (default gpu_reproduce: 6 minutes of pre-training on .devdata/corpus, then GLUE from
 #      .devdata/glue from the checkpoint and from scratch); results.md, report.json,
 #      compute.png and the runs' JSON in reproduce.tar.gz.
+#   ablate (only when named in STAGES): `python -m experiments.ablate` with ABLATE_STUDY (default
+#      gpu_ablate) and ABLATE_ARGS (e.g. --variants baseline,dropout-0); results.md,
+#      report.json, study.png and the runs' JSON in ablate.tar.gz.
 # STAGES (default checks,bench,pretrain,compile) picks stages. Everything lands in $OUT (at most 8 files): card.txt session.log checks.json
 # throughput.json throughput.md traces.tar.gz pretrain.tar.gz compile.json
 #
@@ -51,6 +54,8 @@ ORIGINAL_STEPS=${ORIGINAL_STEPS:-5000}
 ORIGINAL_ARGS=${ORIGINAL_ARGS:-}
 REPRO_CONFIG=${REPRO_CONFIG:-gpu_reproduce}
 REPRO_ARGS=${REPRO_ARGS:-}
+ABLATE_STUDY=${ABLATE_STUDY:-gpu_ablate}
+ABLATE_ARGS=${ABLATE_ARGS:-}
 GLUE_DIR=${GLUE_DIR:-.devdata/glue}
 CORPUS=${CORPUS:-.devdata/corpus}
 PY=${PYTHON:-python3}
@@ -176,6 +181,25 @@ if stage reproduce; then
             $(ls results.md report.json compute.png reproduce.log pretrain/config.json \
               pretrain/metrics.jsonl pretrain/eval.jsonl pretrain/summary.json \
               glue_pretrained/*.json glue_scratch/*.json 2>/dev/null))
+    fi
+fi
+
+# -- the ablation study: variants at equal FLOPs, GLUE from each (named stage only) ---------
+L=$(( $(left) - 20 ))
+if stage ablate; then
+    say "== ablate with $ABLATE_STUDY (limit ${L}s)"
+    AB_OUT="$WORK/ablate"
+    timeout -k 15 "$L" "$PY" -m experiments.ablate --study "$ABLATE_STUDY" \
+        --glue-dir "$GLUE_DIR" --device "$DEVICE" --out "$AB_OUT" $ABLATE_ARGS \
+        > "$WORK/ablate.log" 2>&1
+    rc=$?; [ "$rc" -ne 0 ] && { say "ablate exit $rc"; status=1; }
+    show_log "$WORK/ablate.log" 40
+    if [ -d "$AB_OUT" ]; then
+        cp "$WORK/ablate.log" "$AB_OUT/ablate.log"
+        (cd "$AB_OUT" && tar czf "$OUT/ablate.tar.gz" --ignore-failed-read \
+            $(ls results.md report.json study.png ablate.log */seed*/pretrain/config.json \
+              */seed*/pretrain/summary.json */seed*/pretrain/eval.jsonl \
+              */seed*/pretrain/metrics.jsonl */seed*/glue/*.json 2>/dev/null))
     fi
 fi
 

@@ -216,7 +216,7 @@ def markdown(report: dict, title: str) -> str:
 
 
 def plot(report: dict, path: Path) -> Path | None:
-    """Bars with ± std per variant for the discriminator's AUC, the generator's accuracy and
+    """Points with ± std per variant for the discriminator's AUC, the generator's accuracy and
     the GLUE average; None without matplotlib or without finished runs."""
     try:
         import matplotlib
@@ -227,6 +227,7 @@ def plot(report: dict, path: Path) -> Path | None:
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = [("disc_auc", "AUC, generator's replacements"),
               ("gen_accuracy", "generator MLM accuracy"), ("glue", "GLUE dev average")]
@@ -236,15 +237,14 @@ def plot(report: dict, path: Path) -> Path | None:
         cells = [report["variants"][n].get(key) for n in names]
         means = [c["mean"] if c else float("nan") for c in cells]
         stds = [c["std"] if c else 0.0 for c in cells]
-        ax.barh(range(len(names)), means, xerr=stds, color="C0", alpha=0.8)
+        ax.errorbar(means, range(len(names)), xerr=stds, fmt="o", color="C0", capsize=3)
         base = report["variants"][report["baseline"]].get(key)
         if base:
-            ax.axvline(base["mean"], color="C3", lw=1)
-        finite = [m for m in means if m == m]
-        if finite:
-            lo, hi = min(finite), max(finite)
-            pad = 0.1 * (hi - lo) + 1e-3 + max(stds)
-            ax.set_xlim(lo - pad, hi + pad)
+            ax.axvline(base["mean"], color="C3", lw=1, ls="--")
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.ticklabel_format(axis="x", useOffset=False)
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.15, y=0.3)
         ax.set_title(label, fontsize=9)
     axes[0].set_yticks(range(len(names)), names)
     axes[0].invert_yaxis()

@@ -15,6 +15,7 @@ and ``OUT/study.png`` after every finished run (:mod:`electra_fn.study`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from electra_fn.config import FinetuneConfig, ModelConfig, PretrainConfig
 from electra_fn.runtime import UserError
 from experiments import configs
 
-CACHE = str(Path.home() / ".cache/electra_fn")
+CACHE = os.environ.get("ELECTRA_FN_CACHE", str(Path.home() / ".cache/electra_fn"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +118,8 @@ def run_all(args, flags, spec, glue, variants, seeds, tasks, out, reported, log)
                            cache_dir=args.cache_dir, valid=flags.get("valid"), num_proc=None,
                            log=log)
     base = base_recipe(flags, spec.get("model", {}), tokenizer)
-    step_opts = train.StepOptions(device, amp)
+    # On CUDA the eager step captured as a CUDA graph, as pre-training's default there.
+    step_opts = train.StepOptions(device, amp, cuda_graph=device.type == "cuda")
     loop_opts = train.LoopOptions(plot=False)
     ft_seeds = tuple(range(args.ft_seeds or glue.get("seeds", 3)))
     limit = args.max_train_examples or glue.get("max_train_examples")
