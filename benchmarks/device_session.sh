@@ -165,43 +165,30 @@ if stage original; then
     fi
 fi
 
-# -- the reproduction: pre-training, GLUE both ways, the report (named stage only) ----------
-L=$(( $(left) - 20 ))
-if stage reproduce; then
-    say "== reproduce with $REPRO_CONFIG (limit ${L}s)"
-    RP_OUT="$WORK/reproduce"
-    timeout -k 15 "$L" "$PY" -m experiments.reproduce --config "$REPRO_CONFIG" \
-        --glue-dir "$GLUE_DIR" --device "$DEVICE" --out "$RP_OUT" $REPRO_ARGS \
-        > "$WORK/reproduce.log" 2>&1
-    rc=$?; [ "$rc" -ne 0 ] && { say "reproduce exit $rc"; status=1; }
-    show_log "$WORK/reproduce.log" 60
-    if [ -d "$RP_OUT" ]; then
-        cp "$WORK/reproduce.log" "$RP_OUT/reproduce.log"
-        (cd "$RP_OUT" && tar czf "$OUT/reproduce.tar.gz" --ignore-failed-read \
-            $(ls results.md report.json compute.png reproduce.log pretrain/config.json \
-              pretrain/metrics.jsonl pretrain/eval.jsonl pretrain/summary.json \
-              glue_pretrained/*.json glue_scratch/*.json 2>/dev/null))
+# -- the experiments that end in GLUE (named stages only) -----------------------------------
+# run_experiment NAME "ARGS" "FILES": python -m experiments.NAME into $WORK/NAME under the time
+# left; its log and FILES (globs inside its folder) into $OUT/NAME.tar.gz.
+run_experiment() {
+    local name=$1 args=$2 files=$3 dir="$WORK/$1" limit=$(( $(left) - 20 ))
+    say "== $name: $args (limit ${limit}s)"
+    timeout -k 15 "$limit" "$PY" -m "experiments.$name" $args --glue-dir "$GLUE_DIR" \
+        --device "$DEVICE" --out "$dir" > "$WORK/$name.log" 2>&1
+    local rc=$?; [ "$rc" -ne 0 ] && { say "$name exit $rc"; status=1; }
+    show_log "$WORK/$name.log" 50
+    if [ -d "$dir" ]; then
+        cp "$WORK/$name.log" "$dir/$name.log"
+        (cd "$dir" && tar czf "$OUT/$name.tar.gz" --ignore-failed-read \
+            $(ls $files "$name.log" 2>/dev/null))
     fi
-fi
-
-# -- the ablation study: variants at equal FLOPs, GLUE from each (named stage only) ---------
-L=$(( $(left) - 20 ))
-if stage ablate; then
-    say "== ablate with $ABLATE_STUDY (limit ${L}s)"
-    AB_OUT="$WORK/ablate"
-    timeout -k 15 "$L" "$PY" -m experiments.ablate --study "$ABLATE_STUDY" \
-        --glue-dir "$GLUE_DIR" --device "$DEVICE" --out "$AB_OUT" $ABLATE_ARGS \
-        > "$WORK/ablate.log" 2>&1
-    rc=$?; [ "$rc" -ne 0 ] && { say "ablate exit $rc"; status=1; }
-    show_log "$WORK/ablate.log" 40
-    if [ -d "$AB_OUT" ]; then
-        cp "$WORK/ablate.log" "$AB_OUT/ablate.log"
-        (cd "$AB_OUT" && tar czf "$OUT/ablate.tar.gz" --ignore-failed-read \
-            $(ls results.md report.json study.png ablate.log */seed*/pretrain/config.json \
-              */seed*/pretrain/summary.json */seed*/pretrain/eval.jsonl \
-              */seed*/pretrain/metrics.jsonl */seed*/glue/*.json 2>/dev/null))
-    fi
-fi
+}
+# The reproduction: pre-training, GLUE from it and from scratch, the report.
+stage reproduce && run_experiment reproduce "--config $REPRO_CONFIG $REPRO_ARGS" \
+    "results.md report.json compute.png pretrain/config.json pretrain/metrics.jsonl
+     pretrain/eval.jsonl pretrain/summary.json glue_pretrained/*.json glue_scratch/*.json"
+# The ablation study: variants at equal FLOPs, GLUE from each.
+stage ablate && run_experiment ablate "--study $ABLATE_STUDY $ABLATE_ARGS" \
+    "results.md report.json study.png */seed*/pretrain/config.json */seed*/pretrain/summary.json
+     */seed*/pretrain/eval.jsonl */seed*/pretrain/metrics.jsonl */seed*/glue/*.json"
 
 # -- 4. cold compile of the training step, if there is time for it ---------------------------
 L=$(( $(left) - 10 ))
