@@ -26,6 +26,7 @@ import torch
 
 _FORCE_COUNTER = [False]
 _FUSED = [False]
+_ROWS: list = [None]  # (start, total) inside batch_rows()
 
 
 @contextlib.contextmanager
@@ -42,6 +43,24 @@ def counter_based(fused: bool = False):
         yield
     finally:
         _FORCE_COUNTER[0], _FUSED[0] = old
+
+
+def batch_rows(start: int, total: int):
+    """Inside, a draw of shape [b, ...] is rows ``start`` to ``start + b`` of the same key's
+    draw of shape [total, ...]: a data-parallel rank draws its slice of the whole batch's
+    noise, so its step sees the noise one process would on the whole batch. Every draw inside
+    must lead with the batch dimension."""
+    return _rows_set((int(start), int(total)))
+
+
+@contextlib.contextmanager
+def _rows_set(rows: tuple[int, int] | None):
+    old = _ROWS[0]
+    _ROWS[0] = rows
+    try:
+        yield
+    finally:
+        _ROWS[0] = old
 
 
 def _use_counter() -> bool:
@@ -105,23 +124,29 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
 
 
 def bits(k: torch.Tensor, shape: tuple[int, ...],
-         device: torch.device | str | None = None) -> torch.Tensor:
-    """Uniform 32-bit integers (held in int64) of the given shape (counter-based)."""
+         device: torch.device | str | None = None, offset: int = 0) -> torch.Tensor:
+    """Uniform 32-bit integers (held in int64) of the given shape (counter-based): elements
+    ``offset`` onwards of the key's flat stream."""
     n = math.prod(shape)
     # The counter is only ever added to the key (a tensor): Inductor turns arithmetic on a bare
     # arange into an index expression, and Triton evaluates those in int32 for tensors under
     # 2**31 elements, so `arange * constant` overflowed there ("Scalar 2654435769 is out of
     # range for type int32" on CUDA; pytorch/pytorch#175966 is the silent variant). After the
     # key is added the value is ordinary int64 data. Products stay below 2**63.
-    counter = torch.arange(n, device=device or k.device, dtype=torch.int64).reshape(shape)
+    counter = torch.arange(offset, offset + n, device=device or k.device,
+                           dtype=torch.int64).reshape(shape)
     x = _mix32((((counter + k) & _M32) * _MUL) & _M32)
     return _mix32((x + k * 0x27D4EB2F + 1) & _M32)
 
 
 def uniform(k: torch.Tensor, shape: tuple[int, ...],
             device: torch.device | str | None = None) -> torch.Tensor:
-    """Float32 uniform numbers in (0, 1) on ``device`` (default: the key's device)."""
+    """Float32 uniform numbers in (0, 1) on ``device`` (default: the key's device); inside
+    :func:`batch_rows`, rows of a larger draw."""
     device = torch.device(device) if device is not None else k.device
+    rows = _ROWS[0]
+    if rows is not None:
+        return _rows_of_draw(k, tuple(shape), device, *rows)
     if _use_counter():
         if _FUSED[0] and not torch.compiler.is_compiling():
             return _fused_uniform_flat()(k.to(device), math.prod(shape)).reshape(shape)
@@ -130,6 +155,20 @@ def uniform(k: torch.Tensor, shape: tuple[int, ...],
     u = torch.rand(shape, generator=gen, device=device, dtype=torch.float32)
     # torch.rand is in [0, 1); keep the (0, 1) contract of the counter backend.
     return u.clamp_min(2.0 ** -25)
+
+
+def _rows_of_draw(k: torch.Tensor, shape: tuple[int, ...], device: torch.device, start: int,
+                  total: int) -> torch.Tensor:
+    """Rows ``start:start + shape[0]`` of ``uniform(k, (total, *shape[1:]))``: the counter
+    backend hashes only those elements; the native one draws the whole and copies the rows."""
+    b, row = shape[0], math.prod(shape[1:])
+    if start + b > total:
+        raise ValueError(f"rows {start}:{start + b} of a draw of {total}")
+    full = (total, *shape[1:])
+    with _rows_set(None):  # the full draw
+        if _use_counter() and not _FUSED[0]:
+            return _uniform_from_bits(bits(k, shape, device, offset=start * row))
+        return uniform(k, full, device)[start:start + b].clone()
 
 
 def _uniform_from_bits(b: torch.Tensor) -> torch.Tensor:
