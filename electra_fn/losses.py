@@ -9,31 +9,37 @@ import torch
 import torch.nn.functional as F
 
 # run_pretraining.py adds 1e-6 to every denominator so empty batches give 0, not NaN.
-_EPS = 1e-6
+EPS = 1e-6
 
 
-def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return (values * weights).sum() / (weights.sum() + _EPS)
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor,
+                   denominator: torch.Tensor | None = None) -> torch.Tensor:
+    total = weights.sum() if denominator is None else denominator
+    return (values * weights).sum() / (total + EPS)
 
 
-def mlm_loss(logits_BxPxV: torch.Tensor, labels_BxP: torch.Tensor,
-             weights_BxP: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generator cross entropy and accuracy averaged over the real prediction slots."""
+def mlm_loss(logits_BxPxV: torch.Tensor, labels_BxP: torch.Tensor, weights_BxP: torch.Tensor,
+             denominator: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generator cross entropy and accuracy averaged over the real prediction slots: divided
+    by their count, or by ``denominator`` (all data-parallel ranks' slots: each rank's share
+    of the global mean, summed over the ranks)."""
     V = logits_BxPxV.shape[-1]
     logits_NxV = logits_BxPxV.to(torch.float32).reshape(-1, V)
     labels_N = labels_BxP.reshape(-1).to(torch.long)
     weights_N = weights_BxP.reshape(-1).to(torch.float32)
     ce_N = F.cross_entropy(logits_NxV, labels_N, reduction="none")
     correct_N = (logits_NxV.argmax(-1) == labels_N).to(torch.float32)
-    return _weighted_mean(ce_N, weights_N), _weighted_mean(correct_N, weights_N)
+    return (_weighted_mean(ce_N, weights_N, denominator),
+            _weighted_mean(correct_N, weights_N, denominator))
 
 
 def rtd_loss(logits_BxL: torch.Tensor, is_replaced_BxL: torch.Tensor,
-             attention_mask_BxL: torch.Tensor) -> dict:
+             attention_mask_BxL: torch.Tensor, denominator: torch.Tensor | None = None) -> dict:
     """Discriminator sigmoid cross entropy and accuracies over the non-padding tokens.
 
     Returns ``loss``, ``accuracy``, ``replaced_accuracy`` (recall on replaced tokens) and
-    ``original_accuracy``; a token is predicted replaced when its logit is > 0.
+    ``original_accuracy``; a token is predicted replaced when its logit is > 0. Given
+    ``denominator`` (as :func:`mlm_loss`), ``loss`` and ``accuracy`` are divided by it.
     """
     logits_BxL = logits_BxL.to(torch.float32)
     labels_BxL = is_replaced_BxL.to(torch.float32)
@@ -41,8 +47,8 @@ def rtd_loss(logits_BxL: torch.Tensor, is_replaced_BxL: torch.Tensor,
     bce_BxL = F.binary_cross_entropy_with_logits(logits_BxL, labels_BxL, reduction="none")
     correct_BxL = ((logits_BxL > 0) == (labels_BxL > 0.5)).to(torch.float32)
     return {
-        "loss": _weighted_mean(bce_BxL, weights_BxL),
-        "accuracy": _weighted_mean(correct_BxL, weights_BxL),
+        "loss": _weighted_mean(bce_BxL, weights_BxL, denominator),
+        "accuracy": _weighted_mean(correct_BxL, weights_BxL, denominator),
         "replaced_accuracy": _weighted_mean(correct_BxL, weights_BxL * labels_BxL),
         "original_accuracy": _weighted_mean(correct_BxL, weights_BxL * (1.0 - labels_BxL)),
     }

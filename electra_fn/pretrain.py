@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch.func import grad_and_value
 
-from . import losses, masking, model, optim, runtime, sampling
+from . import distributed, losses, masking, model, optim, runtime, sampling
 from . import rng as rnglib
 from .rng import step_key  # noqa: F401 (re-exported as pretrain.step_key)
 from .config import PretrainConfig
@@ -114,35 +114,41 @@ def proposal_sample(logits_V: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def electra_forward(params: Params, batch: Batch, key: torch.Tensor, cfg: PretrainConfig,
                     train: bool = True, mix_logits_V: torch.Tensor | None = None,
-                    gen_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                    gen_scale: torch.Tensor | None = None,
+                    denominators: tuple | None = None) -> tuple[torch.Tensor, dict]:
     """Mask, run the generator, sample, run the discriminator; return (loss, metrics).
 
     ``train=False`` turns dropout off (the masking and sampling noise still come from ``key``).
     ``mix_logits_V``: the fixed proposal of ``cfg.mix_fraction`` (:func:`replaced_batch`);
     ``gen_scale`` (a 0-d tensor) multiplies the generator's loss weight (``gen_delay_steps``).
+    ``denominators``: (masked slots, tokens) of the whole data-parallel batch, which the means
+    divide by (:func:`local_counts`): the loss and the summed metrics are then this rank's share.
     """
     loss, metrics, _, _ = electra_forward_parts(params, batch, key, cfg, train, mix_logits_V,
-                                                gen_scale)
+                                                gen_scale, denominators)
     return loss, metrics
 
 
 def electra_forward_parts(params: Params, batch: Batch, key: torch.Tensor, cfg: PretrainConfig,
                           train: bool = True, mix_logits_V: torch.Tensor | None = None,
-                          gen_scale: torch.Tensor | None = None) -> tuple:
+                          gen_scale: torch.Tensor | None = None,
+                          denominators: tuple | None = None) -> tuple:
     """:func:`electra_forward`'s (loss, metrics) and the :func:`replaced_batch` and
     discriminator logits [B, L] they came from."""
+    slots, tokens = denominators if denominators is not None else (None, None)
     types_BxL = batch.get("token_type_ids")
     mask_BxL = batch["attention_mask"]
     fake = replaced_batch(params, batch, key, cfg, train, mix_logits_V)
     mlm, gen_acc = losses.mlm_loss(fake["gen_logits_BxPxV"], fake["labels_BxP"],
-                                   fake["weights_BxP"])
+                                   fake["weights_BxP"], slots)
     disc_key = rnglib.fold_in(key, _K_DISC) if train else None
     disc_logits_BxL = model.discriminator_logits(params, fake["disc_ids_BxL"], types_BxL,
                                                  mask_BxL, cfg.model, key=disc_key)
-    rtd = losses.rtd_loss(disc_logits_BxL, fake["is_replaced_BxL"], mask_BxL)
+    rtd = losses.rtd_loss(disc_logits_BxL, fake["is_replaced_BxL"], mask_BxL, tokens)
     gen_weight = cfg.gen_weight if gen_scale is None else cfg.gen_weight * gen_scale
     loss = losses.electra_loss(mlm, rtd["loss"], cfg.disc_weight, gen_weight)
     n_real = mask_BxL.to(torch.float32).sum()
+    replaced_of = n_real if tokens is None else tokens
     metrics = {
         "loss": loss.detach(),
         "gen_loss": mlm.detach(),
@@ -151,7 +157,8 @@ def electra_forward_parts(params: Params, batch: Batch, key: torch.Tensor, cfg: 
         "disc_accuracy": rtd["accuracy"].detach(),
         "disc_replaced_accuracy": rtd["replaced_accuracy"].detach(),
         "disc_original_accuracy": rtd["original_accuracy"].detach(),
-        "replaced_fraction": (fake["is_replaced_BxL"].to(torch.float32).sum() / n_real).detach(),
+        "replaced_fraction": (fake["is_replaced_BxL"].to(torch.float32).sum()
+                              / replaced_of).detach(),
         "masked_tokens": fake["weights_BxP"].sum().detach(),
         "tokens": n_real.detach(),
     }
@@ -284,9 +291,50 @@ def grad_fn(loss_fn: Callable, grad_route: str = "func") -> Callable:
     return grads_of
 
 
+def local_counts(batch: Batch, key: torch.Tensor, cfg: PretrainConfig) -> torch.Tensor:
+    """[masked slots, non-padding tokens] (float32) of the step with ``key`` on ``batch``:
+    summed over the data-parallel ranks, the denominators of the global means."""
+    weights_BxP = masked_batch(batch, key, cfg)["weights_BxP"]
+    return torch.stack([weights_BxP.to(torch.float32).sum(),
+                        batch["attention_mask"].to(torch.float32).sum()])
+
+
+# Metrics that, with global denominators, are each rank's share of the global value (summed);
+# the two accuracies over replaced or original tokens are means weighted by those counts; any
+# other metric is the mean of the ranks' values.
+SUMMED_METRICS = ("loss", "gen_loss", "gen_accuracy", "disc_loss", "disc_accuracy",
+                  "replaced_fraction", "masked_tokens", "tokens")
+WEIGHTED_METRICS = ("disc_replaced_accuracy", "disc_original_accuracy")
+
+
+def rank_metric_terms(metrics: dict, tokens: torch.Tensor, world_size: int) -> torch.Tensor:
+    """A rank's metrics (computed with ``tokens``, the global token count, as denominator) as
+    one vector whose sum over the ranks :func:`global_metrics` turns into the global ones."""
+    replaced = metrics["replaced_fraction"] * tokens
+    original = metrics["tokens"] - replaced
+    rest = [metrics[k].to(torch.float32) / world_size for k in metrics
+            if k not in SUMMED_METRICS + WEIGHTED_METRICS]
+    return torch.stack([*(metrics[k] for k in SUMMED_METRICS),
+                        metrics["disc_replaced_accuracy"] * (replaced + losses.EPS), replaced,
+                        metrics["disc_original_accuracy"] * (original + losses.EPS), original,
+                        *rest])
+
+
+def global_metrics(summed: torch.Tensor, names: list[str]) -> dict:
+    """The metrics ``names`` (a rank's metrics' keys, in order) of the whole batch from the
+    ranks' :func:`rank_metric_terms`, summed."""
+    n = len(SUMMED_METRICS)
+    out = dict(zip(SUMMED_METRICS, summed[:n]))
+    out["disc_replaced_accuracy"] = summed[n] / (summed[n + 1] + losses.EPS)
+    out["disc_original_accuracy"] = summed[n + 2] / (summed[n + 3] + losses.EPS)
+    out.update(zip([k for k in names if k not in out], summed[n + 4:]))
+    return {k: out[k] for k in names}
+
+
 def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None,
                     device_type: str = "cpu", grad_route: str = "func",
-                    mix_logits_V: torch.Tensor | None = None) -> Callable:
+                    mix_logits_V: torch.Tensor | None = None,
+                    world: distributed.World | None = None) -> Callable:
     """Build the pure ``train_step`` for ``cfg`` (compile it with ``torch.compile``).
 
     ``amp_dtype=torch.bfloat16`` runs the networks under autocast with float32 master weights,
@@ -295,16 +343,34 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
     A non-finite loss or gradient skips the update (params and moments unchanged) and reports
     ``metrics["skipped"] = 1``. ``mix_logits_V`` is the fixed proposal that
     ``cfg.mix_fraction > 0`` draws from (:func:`replaced_batch`).
+
+    Given a data-parallel ``world`` the step takes the rank's rows of the global batch and
+    draws their rows of its noise; the loss terms are divided by the global counts and summed
+    with the gradients over the ranks before clipping, so the update, the metrics and the skip
+    decision are those of one process on the whole batch, on every rank.
     """
     if cfg.mix_fraction > 0 and mix_logits_V is None:
         raise ValueError(f"mix_fraction={cfg.mix_fraction} needs mix_logits_V")
 
-    def loss_fn(params, batch, key, gen_scale):
+    def loss_fn(params, batch, key, gen_scale, denominators=None):
         with runtime.autocast(amp_dtype, device_type):
             return electra_forward(params, batch, key, cfg, train=True,
-                                   mix_logits_V=mix_logits_V, gen_scale=gen_scale)
+                                   mix_logits_V=mix_logits_V, gen_scale=gen_scale,
+                                   denominators=denominators)
 
     grads_of = grad_fn(loss_fn, grad_route)
+
+    def data_parallel_grads(params, batch, key, gen_scale):
+        rows = batch["input_ids"].shape[0]
+        with rnglib.batch_rows(world.rank * rows, world.size * rows):
+            counts = distributed.all_reduce_sum([local_counts(batch, key, cfg)], world)[0]
+            grads, (_, metrics) = grads_of(params, batch, key, gen_scale,
+                                           (counts[0], counts[1]))
+        leaves, spec = tree_flatten(grads)
+        *leaves, terms = distributed.all_reduce_sum(
+            leaves + [rank_metric_terms(metrics, counts[1], world.size)], world)
+        metrics = global_metrics(terms, list(metrics))
+        return tree_unflatten(leaves, spec), (metrics["loss"], metrics)
     # A pure function of the tree's paths: once per structure eagerly (~5 ms a call), traced
     # away when compiled (tree.memo_by_structure).
     decay_mask_of = memo_by_structure(optim.default_decay_mask)
@@ -314,7 +380,10 @@ def make_train_step(cfg: PretrainConfig, *, amp_dtype: torch.dtype | None = None
         # gen_delay_steps: the generator's loss counts from that step on (0-d, no recompile).
         gen_scale = ((opt_state["step"] >= cfg.gen_delay_steps).to(torch.float32)
                      if cfg.gen_delay_steps > 0 else None)
-        grads, (loss, metrics) = grads_of(params, batch, key, gen_scale)
+        if world is None:
+            grads, (loss, metrics) = grads_of(params, batch, key, gen_scale)
+        else:
+            grads, (loss, metrics) = data_parallel_grads(params, batch, key, gen_scale)
         grads, gnorm = optim.clip_by_global_norm(grads, cfg.clip_norm)
         step = opt_state["step"]
         sched = opt_state.get("schedule")
