@@ -22,8 +22,8 @@ from typing import Callable
 import torch
 
 from . import checkpoint as ckpt
-from . import (compiling, cuda_graph, flops, heldout, hf, model, plotting, pretrain, rundir,
-               runtime)
+from . import (compiling, cuda_graph, distributed, flops, heldout, hf, model, plotting,
+               pretrain, rundir, runtime)
 from .budget import Pacer, StepBudget
 from .config import PretrainConfig
 from .data import pretrain_data as pdata
@@ -62,23 +62,43 @@ def schedule_defaults(total_steps: int, warmup: int | None = None,
 # -- the step ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StepOptions:
-    """How the train step runs: where, in which dtype (None = float32), and as what."""
+    """How the train step runs: where, in which dtype (None = float32), as what, and on which
+    data-parallel rank (``world``, None for a single process)."""
 
     device: torch.device = torch.device("cpu")
     amp: torch.dtype | None = None
     compile: bool = False
     cuda_graph: bool = False
+    world: distributed.World | None = None
 
     @property
     def mode(self) -> str:
         return "compiled" if self.compile else "CUDA graph" if self.cuda_graph else "eager"
 
 
+def step_options(device: torch.device, amp: torch.dtype | None, compile: bool,
+                 cuda_graph: bool, world: distributed.World | None = None,
+                 log: Log = print) -> StepOptions:
+    """The :class:`StepOptions` of a run; a data-parallel one runs the eager step (the CUDA
+    graph, a default, is turned off with a note; ``compile`` is refused)."""
+    if world is not None and compile:
+        raise runtime.UserError("--compile under torchrun: data-parallel runs use the eager "
+                                "step (run without --compile)")
+    if world is not None and cuda_graph:
+        log("note: data-parallel runs use the eager step (no CUDA graph)")
+        cuda_graph = False
+    return StepOptions(device, amp, compile, cuda_graph, world)
+
+
 def make_step_fn(cfg: PretrainConfig, opts: StepOptions, log: Log = print) -> Callable:
     """The run's train step: compiled, captured as a CUDA graph (if the capture fails, ``log``
-    says so and the same step runs uncaptured, drawing the same noise) or eager."""
+    says so and the same step runs uncaptured, drawing the same noise) or eager; on a
+    data-parallel rank, the eager step over its rows of the batch."""
+    if opts.world is not None:
+        distributed.shard_rows(cfg.batch_size, opts.world)  # a clear error before any step
     step_fn = pretrain.make_train_step(cfg, amp_dtype=opts.amp, device_type=opts.device.type,
-                                       grad_route=pretrain.grad_route_for(opts.compile))
+                                       grad_route=pretrain.grad_route_for(opts.compile),
+                                       world=opts.world)
     if opts.compile:
         log("compile: the train step is compiled as one graph on its first call, which takes "
             "minutes (no progress is shown meanwhile)")
@@ -108,8 +128,9 @@ def time_steps(cfg: PretrainConfig, data, opts: StepOptions, log: Log = print
     params = tree_map(lambda x: x.to(opts.device), model.init_params(cfg.model, cfg.seed))
     opt = pretrain.init_opt_state(params, cfg)
     step_fn = make_step_fn(cfg, opts, log)
-    it = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed,
-                       pad_id=cfg.pad_id)
+    it = distributed.sliced(pdata.batches(data.train_ids, data.train_token_types,
+                                          cfg.batch_size, cfg.seed, pad_id=cfg.pad_id),
+                            opts.world)
     times = []
     for i in range(BUDGET_TIMED_STEPS + 1):
         _, b = next(it)
@@ -128,6 +149,7 @@ def fit_to_budget(cfg: PretrainConfig, data, opts: StepOptions, budget: StepBudg
     times, step_fn = time_steps(cfg, data, opts, log)
     spent = time.time() - t_start
     total, step_s = budget.fit(times, spent - sum(times), heldout.EVAL_BATCHES)
+    total = distributed.lead_value(total, opts.world)  # rank 0's fit, on every rank
     log(f"budget: {runtime.fmt_time(budget.budget_s)} in all; {runtime.fmt_time(spent)} spent "
         f"on setup and timing; {step_s:.2f} s/step measured → {total} steps "
         f"({total * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens) fit in the time left, "
@@ -216,6 +238,7 @@ def start_run(recipe: PretrainConfig, data, out: Path, *, step_opts: StepOptions
     identity of its data (``data_key``: corpus and tokenizer content). Returns (config, run
     info, the step timed by the fit or None)."""
     total, step_fn = recipe.total_steps, None
+    distributed.shard_rows(recipe.batch_size, step_opts.world)  # before anything is written
     if budget is not None:
         total, step_fn = fit_to_budget(recipe, data, step_opts, budget, t_start, log)
     warmup, bias_correction = schedule_defaults(total, warmup, bias_correction)
@@ -224,7 +247,10 @@ def start_run(recipe: PretrainConfig, data, out: Path, *, step_opts: StepOptions
     run_info = {**run_info, "device": str(step_opts.device), "amp": str(step_opts.amp),
                 "compile": step_opts.compile, "cuda_graph": step_opts.cuda_graph,
                 "time_budget_s": budget.budget_s if budget else None,
-                "data_key": data.stats.get("key"), **runtime.provenance()}
+                "world_size": world_size(step_opts), "data_key": data.stats.get("key"),
+                **runtime.provenance()}
+    if not distributed.is_lead(step_opts.world):  # rank 0 writes the run's files
+        return cfg, run_info, step_fn
     for name in ("metrics.jsonl", "eval.jsonl"):
         (out / name).unlink(missing_ok=True)
     for old in ckpt.list_checkpoints(out / "checkpoints"):  # --overwrite: the old run's go
@@ -236,13 +262,20 @@ def start_run(recipe: PretrainConfig, data, out: Path, *, step_opts: StepOptions
     return cfg, run_info, step_fn
 
 
+def world_size(opts: StepOptions) -> int:
+    """The number of data-parallel ranks of the run (1: a single process)."""
+    return 1 if opts.world is None else opts.world.size
+
+
 def describe(cfg: PretrainConfig, opts: StepOptions) -> str:
     """The one-line description of a run printed before it trains."""
     return (f"model: {cfg.model.name} (generator ×{cfg.model.generator_multiplier:g}), vocab "
             f"{cfg.model.vocab_size}; batch {cfg.batch_size} × seq {cfg.seq_len}; "
             f"{cfg.total_steps} steps, warmup {cfg.warmup_steps}, peak lr "
             f"{cfg.learning_rate:.3g}{', bias-corrected Adam' if cfg.adam_bias_correction else ''}"
-            f"; device {opts.device}, {'bf16 autocast' if opts.amp else 'float32'}, {opts.mode}")
+            f"; device {opts.device}, {'bf16 autocast' if opts.amp else 'float32'}, {opts.mode}"
+            + (f"; data-parallel over {world_size(opts)} ranks of "
+               f"{cfg.batch_size // world_size(opts)} rows" if opts.world is not None else ""))
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -285,6 +318,7 @@ class Run:
     log: Log
     progress: object  # a tqdm bar
     extra: dict = field(default_factory=dict)
+    writer: bool = True  # False on data-parallel ranks other than 0: they write no files
 
     @property
     def ckpt_dir(self) -> Path:
@@ -300,6 +334,8 @@ class Run:
         if bad is not None and float(bad) > 0:
             self.log(f"checkpoint ({reason}) not written: step {self.step} ends a streak of "
                      f"{int(bad)} non-finite step(s); the newest checkpoint is kept")
+            return None
+        if not self.writer:
             return None
         path = ckpt.save_checkpoint(self.ckpt_dir, params=self.params, opt_state=self.opt,
                                     step=self.step, data_position=self.position,
@@ -356,12 +392,9 @@ class BudgetRefit:
             return None
         refit = self.pacer.refits[-1]
         if total != run.cfg.total_steps:
-            run.cfg = run.cfg.replace(total_steps=total)
-            run.opt = {**run.opt, "schedule": pretrain.schedule_state(run.cfg, self.device)}
+            set_total_steps(run, total, self.device)
             if len(self.pacer.refits) == 1:  # later re-fits keep the evaluation steps
                 run.log_every, run.eval_every = run.extra["cadence"](total)
-            run.progress.total = total
-            run.progress.refresh()
         run.run_info = {**run.run_info, "budget_refit": {"fitted_steps": self.fitted_steps,
                                                          "refits": list(self.pacer.refits)}}
         rundir.write_json(run.out / "config.json", {**run.config_blob(), "data": run.data_stats})
@@ -369,6 +402,40 @@ class BudgetRefit:
                            f"{before.pace_from + 1}-{run.step} → {total} steps (fitted before "
                            f"the run: {self.fitted_steps}; the lr decays to 0 at the new end)")
         return None
+
+
+def set_total_steps(run: Run, total: int, device: torch.device) -> None:
+    """Re-fit ``run`` to ``total`` steps: its config, the schedule in its optimizer state (the
+    lr decays to 0 at the new end) and its progress bar."""
+    run.cfg = run.cfg.replace(total_steps=total)
+    run.opt = {**run.opt, "schedule": pretrain.schedule_state(run.cfg, device)}
+    run.progress.total = total
+    run.progress.refresh()
+
+
+class Agreement:
+    """Data-parallel ranks agree after every step, in one small all-reduce on the host: on
+    rank 0's step count and cadence (its budget re-fits) and on a stop signal any rank got.
+    :meth:`stop`, the last hook, acts on the agreed signal (:class:`SignalStop`)."""
+
+    def __init__(self, world: distributed.World, signals: "SignalStop", device: torch.device):
+        self.world, self.signals, self.device = world, signals, device
+        self.signum = 0
+
+    def __call__(self, run: Run, m: dict) -> None:
+        mine = [run.cfg.total_steps, run.log_every, run.eval_every] if self.world.lead \
+            else [0, 0, 0]
+        total, log_every, eval_every, self.signum = distributed.agree_max(
+            mine + [self.signals.signum or 0], self.world)
+        if total != run.cfg.total_steps:
+            set_total_steps(run, total, self.device)
+        run.log_every, run.eval_every = log_every, eval_every
+
+    def stop(self, run: Run, m: dict) -> int | None:
+        if not self.signum:  # a signal that came after the agreement counts at the next step
+            return None
+        self.signals.signum = self.signum
+        return self.signals(run, m)
 
 
 class MetricsLog:
@@ -398,7 +465,8 @@ class MetricsLog:
             eta = (run.cfg.total_steps - run.step) * (now - self.window_t) / n
             row.update(step=run.step, tokens_per_s=rate, elapsed_s=now - self.t_start,
                        eta_s=eta)
-            rundir.append_jsonl(run.out / "metrics.jsonl", row)
+            if run.writer:
+                rundir.append_jsonl(run.out / "metrics.jsonl", row)
             run.progress.set_postfix_str(
                 f"loss {row['loss']:.2f} gen {row['gen_accuracy']:.3f} disc+ "
                 f"{row['disc_replaced_accuracy']:.3f} disc- {row['disc_original_accuracy']:.3f}"
@@ -425,9 +493,10 @@ class Evaluation:
 
     def __call__(self, run: Run, m: dict) -> None:
         if run.step % run.eval_every == 0 and run.step < run.cfg.total_steps:
-            e = self.evaluate(run.params)
-            rundir.append_jsonl(run.out / "eval.jsonl", {"step": run.step, **e})
-            run.progress.write(heldout.eval_line(run.step, e))
+            e = self.evaluate(run.params)  # on every rank: they stay in step
+            if run.writer:
+                rundir.append_jsonl(run.out / "eval.jsonl", {"step": run.step, **e})
+                run.progress.write(heldout.eval_line(run.step, e))
 
 
 class PeriodicSave:
@@ -516,6 +585,7 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
     from tqdm import tqdm
 
     t_start = time.time() if t_start is None else t_start
+    world, writer = step_opts.world, distributed.is_lead(step_opts.world)
     if state is None:
         params = model.init_params(cfg.model, cfg.seed)
         opt = pretrain.init_opt_state(params, cfg)
@@ -533,8 +603,13 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
                 f"{recorded}, now {data.stats.get('key')}); resume with the inputs it started "
                 "with, or start a new run")
         log(f"resuming at step {step} (data epoch {position[0]}, batch {position[1]})")
+        if run_info.get("world_size", 1) != world_size(step_opts):
+            log(f"note: the run had {run_info.get('world_size', 1)} data-parallel rank(s), now "
+                f"{world_size(step_opts)}: the same global batches and noise, split anew")
+            run_info = {**run_info, "world_size": world_size(step_opts)}
         for name in ("metrics.jsonl", "eval.jsonl"):
-            rundir.truncate_jsonl(out / name, step, log)
+            if writer:
+                rundir.truncate_jsonl(out / name, step, log)
     device = step_opts.device
     if loop_opts.plot and not plotting.available():
         log(f"note: {plotting.PLOT_MISSING}")
@@ -557,28 +632,32 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
         t = time.time()
         e = evaluate(params)
         eval_s = time.time() - t
-        rundir.append_jsonl(eval_path, {"step": 0, **e})
+        if writer:
+            rundir.append_jsonl(eval_path, {"step": 0, **e})
         log(heldout.eval_line(0, e))
 
     log_every, eval_every = cadence(cfg.total_steps, loop_opts)
     progress = tqdm(total=cfg.total_steps, initial=step, desc="pre-training", unit="step",
-                    dynamic_ncols=True, mininterval=1.0, file=sys.stdout)
+                    dynamic_ncols=True, mininterval=1.0, file=sys.stdout, disable=not writer)
     run = Run(cfg, params, opt, step, position, out, run_info, data.stats, log_every,
               eval_every, log, progress,
-              extra={"cadence": lambda total: cadence(total, loop_opts)})
+              extra={"cadence": lambda total: cadence(total, loop_opts)}, writer=writer)
     # Only a fresh budgeted run re-fits: a resumed one keeps the schedule it recorded.
     refit = (BudgetRefit(Pacer.start(loop_opts.budget, t_start, eval_s, cfg.total_steps),
                          device)
-             if state is None and loop_opts.budget is not None and eval_s is not None else None)
+             if state is None and loop_opts.budget is not None and eval_s is not None and writer
+             else None)
     evaluation, saving = Evaluation(evaluate), PeriodicSave(loop_opts.save_every_s)
     signals = SignalStop(resume_hint)
-    hooks: list[Hook] = ([refit] if refit else []) + [
+    agreement = Agreement(world, signals, device) if world is not None else None
+    hooks: list[Hook] = ([refit] if refit else []) + ([agreement] if agreement else []) + [
         MetricsLog(loop_opts.max_bad_steps, t_start, device), evaluation, saving]
     if loop_opts.stop_at_step is not None:
         hooks.append(stop_at(loop_opts.stop_at_step))
-    hooks.append(signals)
-    batches = pdata.batches(data.train_ids, data.train_token_types, cfg.batch_size, cfg.seed,
-                            start=position, pad_id=cfg.pad_id)
+    hooks.append(agreement.stop if agreement else signals)
+    batches = distributed.sliced(pdata.batches(data.train_ids, data.train_token_types,
+                                               cfg.batch_size, cfg.seed, start=position,
+                                               pad_id=cfg.pad_id), world)
     with signals:
         code = loop(run, step_fn, batches, step_opts, hooks, pausing=(evaluation, saving),
                     on_pause=refit.pause if refit else None)
@@ -591,7 +670,10 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
 
 def finish(run: Run, evaluate: Callable[[dict], dict], device: torch.device, plot: bool,
            t_start: float) -> int:
-    """The final evaluation, Hugging Face export, ``summary.json``, plot and report."""
+    """The final evaluation, Hugging Face export, ``summary.json``, plot and report (rank 0's
+    work: the other data-parallel ranks are done)."""
+    if not run.writer:
+        return 0
     out, log = run.out, run.log
     final = evaluate(run.params)
     rundir.append_jsonl(out / "eval.jsonl", {"step": run.step, **final})
@@ -606,6 +688,7 @@ def finish(run: Run, evaluate: Callable[[dict], dict], device: torch.device, plo
         log(f"note: {w.message}")
     wall = time.time() - t_start
     summary = {"steps": run.step, "wall_time_s": wall, "device": str(device),
+               "world_size": run.run_info.get("world_size", 1),
                "tokens_seen": run.step * run.cfg.batch_size * run.cfg.seq_len,
                "compute": flops.pretraining_compute(run.cfg, run.step),
                "held_out_first": first, "held_out_final": final,

@@ -4,6 +4,7 @@
     python -m experiments.pretrain_small --config smoke    # the pipeline in seconds
     python -m experiments.pretrain_small --device cuda     # the paper's recipe (1M steps)
     python -m experiments.pretrain_small --resume          # continue the run in --out
+    torchrun --nproc_per_node 2 -m experiments.pretrain_small  # data-parallel (docs/distributed.md)
 
 Flags are resolved here (:func:`resolve`; named configurations: ``experiments/configs``); the
 run is :func:`electra_fn.train.pretrain_run`, which writes its files into ``--out``.
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from electra_fn import checkpoint as ckpt
-from electra_fn import compiling, rundir, runtime, train
+from electra_fn import compiling, distributed, rundir, runtime, train
 from electra_fn.budget import StepBudget
 from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.data import pretrain_data as pdata
@@ -186,11 +187,12 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     if args.config:  # the named configuration's values under the flags given
         flags = configs.apply(args.config, flags, build_parser())
     device = runtime.resolve_device(flags["device"])
+    world, device, log = held.enter_context(distributed.session(device, log))  # under torchrun
     out = Path(flags["out"])
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    held.enter_context(rundir.owned(out, log))  # one process per run directory
+    held.enter_context(distributed.lead_first(world, rundir.owned(out, log)))  # one per run dir
     state, resume_from = train.open_run(out, args.resume, args.overwrite, log)
     try:
         s = resolve(flags, device, state and state["config"], str(resume_from))
@@ -198,7 +200,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         if state is None:
             raise
         raise UserError(f"{resume_from}: config does not describe a pre-training run ({e})")
-    step_opts = train.StepOptions(device, s["amp"], s["compile"], s["cuda_graph"])
+    step_opts = train.step_options(device, s["amp"], s["compile"], s["cuda_graph"], world, log)
     corpus = s["corpus"] or [pdata.default_corpus_path()]
     if s["new"]:
         try:
@@ -219,6 +221,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     data = train.load_data(corpus, tokenizer, seq_len=seq_len, seed=seed,
                            cache_dir=str(Path(args.cache_dir)), valid=s["valid"],
                            num_proc=flags["num_proc"], log=log)
+    distributed.ready(world)  # rank 0 has the data cached: the other ranks read it
     budget, step_fn = None, None
     if s["new"]:
         budget = None if s["budget_s"] is None else StepBudget(s["budget_s"], cap=s["steps"])
