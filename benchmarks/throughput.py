@@ -14,6 +14,9 @@ or shared machine slows them alike; each figure is the median over rounds.
 (``python benchmarks/throughput.py ...`` works too once the package is installed,
 ``pip install -e .``.)
 
+Data-parallel steps (per-rank and total tokens/s, all-reduce time per step):
+``python -m benchmarks.data_parallel --nproc 2``, or under ``torchrun`` (docs/distributed.md).
+
 Variants (``--variants``, comma separated, or ``all``):
 
 * ``ours-{func,autograd}-{eager,compile,max-autotune,reduce-overhead}``: electra_fn's
