@@ -1,8 +1,9 @@
 """A run directory's files: atomic JSON, append-only JSONL logs, and their truncation on resume.
 
-A crash at any moment leaves every JSON file whole (written to a temporary name, then renamed);
-a JSONL log may end in a half-written row (a crash or a full disk mid-append), which the
-readers skip with a warning; a bad row elsewhere is an error naming its file and line.
+A crash or a full disk at any moment leaves every JSON file whole (written to a temporary name,
+then renamed); a JSONL log may end in a half-written row (a crash mid-append; a full disk's
+half row is cut off again), which the readers skip with a warning; a bad row elsewhere is an
+error naming its file and line. Write failures are ``OSError``s naming the file.
 """
 
 from __future__ import annotations
@@ -18,20 +19,34 @@ from pathlib import Path
 import orjson
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, then rename it over ``path``: a crash leaves the
-    old file or the new one, never half of either."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+@contextlib.contextmanager
+def naming(path: str | os.PathLike):
+    """Re-raises an ``OSError`` (a full or read-only disk, ...) as one naming ``path``, the file
+    the user knows, rather than a temporary name or none (a failed ``write`` names no file)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary shared files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        yield
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling, flush it to disk, then rename it over ``path``: a
+    crash or a full disk leaves the old file or the new one, never half of either (an
+    ``OSError`` names ``path``; the temporary file goes)."""
+    path = Path(path)
+    with naming(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary shared files
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -48,9 +63,24 @@ def read_json(path: str | os.PathLike) -> dict:
 
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
-    """Append one row to the JSONL log ``path``."""
-    with open(path, "ab") as f:
-        f.write(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    """Append one row to the JSONL log ``path``, whole or not at all: a failed write (a full
+    disk) cuts the file back to its earlier rows where the OS lets it, then raises an
+    ``OSError`` naming ``path``."""
+    line = orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+    with naming(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                with contextlib.suppress(OSError):  # a half row would be read as a bad one
+                    os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
 
 
 def _rows(path: Path, warn: Callable[[str], None] | None = None) -> list[tuple[bytes, dict]]:

@@ -112,3 +112,51 @@ def make_config():
 def make_batch():
     """``make_batch(cfg, batch, seq_len, seed, pad=True) -> (ids, token_types, mask)``."""
     return random_batch
+
+
+@pytest.fixture
+def disk_full_at(monkeypatch):
+    """``disk_full_at(fragment, after=0, times=None)``: after ``after`` writes, the next
+    ``times`` (None: all) writes of a file whose path contains ``fragment`` fail as on a full
+    disk (ENOSPC) where the bytes go down to the OS: ``os.write`` writes half its bytes and
+    then raises, ``os.fsync`` (where a buffered file's bytes must reach the disk) raises.
+    Returns the list of paths that failed."""
+    import errno
+    import os
+
+    failed: list[str] = []
+
+    def install(fragment: str, after: int = 0, times: int | None = None) -> list[str]:
+        seen = [0]
+        real_write, real_fsync = os.write, os.fsync
+
+        def hit(fd: int) -> str | None:
+            try:
+                path = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                return None
+            if fragment not in path:
+                return None
+            seen[0] += 1
+            return path if seen[0] > after and (times is None or len(failed) < times) else None
+
+        def write(fd, data):
+            path = hit(fd)
+            if path is None:
+                return real_write(fd, data)
+            real_write(fd, bytes(data[: len(data) // 2]))
+            failed.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def fsync(fd):
+            path = hit(fd)
+            if path is None:
+                return real_fsync(fd)
+            failed.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "write", write)
+        monkeypatch.setattr(os, "fsync", fsync)
+        return failed
+
+    return install

@@ -48,3 +48,25 @@ def test_an_incomplete_last_row_is_skipped_with_a_warning_and_dropped_on_resume(
     assert "metrics.jsonl, line 4: an incomplete last row" in said[0]
     rundir.truncate_jsonl(path, 3, said.append)
     assert path.read_bytes() == whole
+
+
+def test_a_full_disk_mid_append_cuts_the_half_row_and_names_the_file(tmp_path, disk_full_at):
+    path = tmp_path / "metrics.jsonl"
+    for step in (1, 2):
+        rundir.append_jsonl(path, {"step": step, "loss": 0.5})
+    whole = path.read_bytes()
+    failed = disk_full_at("metrics.jsonl")
+    with pytest.raises(OSError, match=r"No space left on device: '.*metrics\.jsonl'"):
+        rundir.append_jsonl(path, {"step": 3, "loss": 0.5})
+    assert failed == [str(path)]  # half the row reached the file, and was cut off again
+    assert path.read_bytes() == whole
+
+
+def test_a_full_disk_leaves_the_old_json_file_whole_and_no_temporary(tmp_path, disk_full_at):
+    path = tmp_path / "config.json"
+    rundir.write_json(path, {"a": 1})
+    disk_full_at("config.json")
+    with pytest.raises(OSError, match=r"No space left on device: '.*config\.json'"):
+        rundir.write_json(path, {"a": 2})
+    assert rundir.read_json(path) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
