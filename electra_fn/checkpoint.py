@@ -3,23 +3,29 @@
 A checkpoint is one file, ``step_00001234.pt``, holding the parameters, the optimizer state,
 the step, the data position and the run's config. It is written to a temporary file in the
 same directory, flushed to disk and renamed over the final name, so a crash mid-save never
-leaves a partial checkpoint and never touches the previous one. The only random state of a
+leaves a partial checkpoint and never touches the previous one; older ones are pruned only
+after that. A save needs room for one more checkpoint beside the newest: when the disk is too
+full for it beside all kept ones, the older ones go first (the newest stays). The only random
+state of a
 run is its seed: masking, dropout and sampling noise are functions of (seed, step) and the
 data order of (seed, epoch), so (seed, step, data position) resume a run exactly.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .rundir import naming
 from .tree import flat_dict, unflat_dict
 
 FORMAT_VERSION = 1
@@ -41,25 +47,8 @@ def _to_cpu(tree: Any) -> dict:
             for k, v in flat_dict(tree).items()}
 
 
-def save_checkpoint(directory: str | os.PathLike, *, params: dict, opt_state: dict, step: int,
-                    data_position: tuple[int, int], config: dict, extra: dict | None = None,
-                    keep: int = 2) -> Path:
-    """Atomically write ``directory/step_XXXXXXXX.pt``; keep the newest ``keep`` files."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format_version": FORMAT_VERSION,
-        "step": int(step),
-        "data_position": [int(data_position[0]), int(data_position[1])],
-        "config": config,
-        "params": _to_cpu(params),
-        "opt_state": _to_cpu(opt_state),
-        "extra": extra or {},
-    }
-    final = directory / checkpoint_name(step)
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    body = buf.getvalue()
+def _write_durably(directory: Path, final: Path, body: bytes) -> None:
+    """``body`` and its checksum footer to a temporary file, fsynced, renamed over ``final``."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -77,6 +66,75 @@ def save_checkpoint(directory: str | os.PathLike, *, params: dict, opt_state: di
         os.close(dfd)
     except OSError:
         pass
+
+
+def _no_room(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _room_after_removing(directory: Path, older: list[Path], need: int) -> bool:
+    """Whether removing ``older`` frees enough for ``need`` bytes (the file system's free space
+    as it reports it; True when it reports none)."""
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return True
+    freed = sum(p.stat().st_size for p in older if p.exists())
+    return st.f_bavail * st.f_frsize + freed >= need
+
+
+def _retry_beside_newest(directory: Path, final: Path, body: bytes, first: OSError,
+                         log: Callable[[str], None]) -> None:
+    """After a full disk (``first``): the checkpoints older than the newest go, if that makes
+    room (as the file system reports it), and the save is tried once more; an ``OSError``
+    saying the room a checkpoint needs otherwise."""
+    need = len(body) + 40
+    older = [p for p in list_checkpoints(directory)[:-1] if p != final]
+    short = OSError(first.errno, f"{first.strerror}; a checkpoint needs {need / 1e6:.1f} MB "
+                                 "free beside the newest checkpoint")
+    if not older or not _room_after_removing(directory, older, need):
+        raise short from first
+    for old in older:
+        old.unlink(missing_ok=True)
+    log(f"note: no room for a checkpoint beside {len(older) + 1}; removed "
+        f"{', '.join(p.name for p in older)} (the newest stays)")
+    try:
+        _write_durably(directory, final, body)
+    except OSError as e:
+        if _no_room(e):
+            raise short from e
+        raise
+
+
+def save_checkpoint(directory: str | os.PathLike, *, params: dict, opt_state: dict, step: int,
+                    data_position: tuple[int, int], config: dict, extra: dict | None = None,
+                    keep: int = 2, log: Callable[[str], None] | None = None) -> Path:
+    """Atomically write ``directory/step_XXXXXXXX.pt``; keep the newest ``keep`` files. On a
+    full disk the older checkpoints go (with a note to ``log``) and the save is tried again
+    beside the newest alone; failing that, an ``OSError`` names the file and the room needed,
+    and the newest checkpoint written before is still there."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "step": int(step),
+        "data_position": [int(data_position[0]), int(data_position[1])],
+        "config": config,
+        "params": _to_cpu(params),
+        "opt_state": _to_cpu(opt_state),
+        "extra": extra or {},
+    }
+    final = directory / checkpoint_name(step)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    body = buf.getvalue()
+    with naming(final):
+        try:
+            _write_durably(directory, final, body)
+        except OSError as e:
+            if not _no_room(e):
+                raise
+            _retry_beside_newest(directory, final, body, e, log or print)
     if keep > 0:
         for old in list_checkpoints(directory)[:-keep]:
             old.unlink(missing_ok=True)

@@ -115,6 +115,32 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch, crash):
     assert ckpt.latest_checkpoint(tmp_path) == good
 
 
+def test_a_full_disk_makes_room_by_removing_older_checkpoints_the_newest_stays(
+        tmp_path, disk_full_at):
+    """A save that finds no room beside the kept checkpoints removes the older ones and tries
+    again beside the newest alone (room for two checkpoints, not three)."""
+    params, opt = _init()
+    _save(tmp_path, 1, params, opt)
+    newest = _save(tmp_path, 2, params, opt)
+    said = []
+    failed = disk_full_at("/.tmp-", times=1)
+    path = _save(tmp_path, 3, params, opt, log=said.append)
+    assert len(failed) == 1 and "removed step_00000001.pt (the newest stays)" in said[0]
+    assert ckpt.list_checkpoints(tmp_path) == [newest, path]
+    assert ckpt.load_checkpoint(path)["step"] == 3 and ckpt.load_checkpoint(newest)["step"] == 2
+
+
+def test_a_full_disk_names_the_checkpoint_and_the_room_it_needs(tmp_path, disk_full_at):
+    params, opt = _init()
+    newest = _save(tmp_path, 1, params, opt)
+    disk_full_at("/.tmp-")
+    with pytest.raises(OSError, match=r"No space left on device; a checkpoint needs \d+\.\d MB "
+                       r"free beside the newest checkpoint: '.*step_00000002\.pt'"):
+        _save(tmp_path, 2, params, opt)
+    assert sorted(tmp_path.iterdir()) == [newest]  # no temporary file left
+    assert ckpt.load_checkpoint(newest)["step"] == 1
+
+
 def test_temporary_files_are_not_checkpoints(tmp_path):
     (tmp_path / ".tmp-abc.pt").write_bytes(b"partial")
     (tmp_path / "step_12.pt").write_bytes(b"short name")

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from electra_fn import checkpoint as ckpt
-from electra_fn import model, train
+from electra_fn import model, rundir, train
 from electra_fn.budget import REFIT_AT_MIN, StepBudget, refit_point
 from electra_fn.config import PretrainConfig
 from electra_fn.tree import flat_dict
@@ -781,29 +781,126 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, cache, full
     assert _trees_equal(a["params"], b["params"])
 
 
-def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path, cache, full_run,
-                                                                  monkeypatch):
-    """ENOSPC in the second checkpoint save (simulated): exit 2 with one line naming the file
-    and the error, no traceback, and the first checkpoint still loads; --debug shows the
-    traceback instead."""
-    import errno
-
-    real, calls = ckpt.save_checkpoint, {"n": 0}
-
-    def save(directory, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(directory / "x.pt"))
-        return real(directory, **kw)
-
-    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+@pytest.mark.parametrize("target, after, named", [
+    ("metrics.jsonl", 2, "metrics.jsonl"),  # the third row, half written
+    ("checkpoints/.tmp-", 1, "step_00000002.pt"),  # the second checkpoint
+    ("config.json", 0, "config.json"),  # before the first step
+    ("summary.json", 0, "summary.json"),  # after the last checkpoint
+])
+def test_a_full_disk_is_one_line_naming_the_file_and_the_run_goes_on(
+        tmp_path, cache, full_run, disk_full_at, monkeypatch, target, after, named):
+    """ENOSPC where the bytes reach the OS (conftest's ``disk_full_at``) while writing each
+    kind of run file: exit 2 with one line naming the file, every checkpoint on disk whole, no
+    half row in the logs; the same command with --resume (or, before any checkpoint, again)
+    then finishes the run, and its metrics rows are those of an uninterrupted run."""
     out = tmp_path / "run"
-    r = _main_in_process(_args(out, cache, "--steps", STEPS, "--save-every", "0.001"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "No space left on device" in r.stderr and "x.pt" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
-    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(out / "checkpoints"))["step"] == 1
-    calls["n"] = 1
-    with pytest.raises(OSError):
-        _main_in_process(_args(tmp_path / "again", cache, "--steps", STEPS, "--save-every",
-                               "0.001", "--debug"))
+    args = ("--steps", STEPS, "--save-every", "0.001", "--log-every", 1)
+    failed = disk_full_at(target, after)
+    r = _main_in_process(_args(out, cache, *args))
+    assert r.returncode == 2 and failed, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "No space left on device" in r.stderr and named in r.stderr
+    monkeypatch.undo()
+    kept = ckpt.list_checkpoints(out / "checkpoints")
+    assert [ckpt.load_checkpoint(p)["step"] for p in kept] == {
+        "metrics.jsonl": [1, 2], "checkpoints/.tmp-": [1], "config.json": [],
+        "summary.json": [5, 6]}[target]
+    assert not list((out / "checkpoints").glob(".tmp-*")) and not list(out.glob(".*.tmp-*"))
+    said = []
+    if kept:
+        rundir.read_jsonl(out / "metrics.jsonl", said.append)
+    assert not said  # no half row
+    again = _ok(_cli(out, cache, *args, *(["--resume"] if kept else [])))
+    assert (out / "summary.json").is_file() and not again.stderr.strip()
+    steps = [row["step"] for row in rundir.read_jsonl(out / "metrics.jsonl")]
+    assert steps == list(range(1, STEPS + 1))
+
+
+def test_debug_shows_the_traceback_of_a_full_disk(tmp_path, cache, full_run, disk_full_at):
+    disk_full_at("config.json")
+    with pytest.raises(OSError, match="config.json"):
+        _main_in_process(_args(tmp_path / "run", cache, "--steps", STEPS, "--debug"))
+
+
+def _in_small_filesystems(sizes_k: dict[str, int], script: str, tmp_path: Path
+                          ) -> subprocess.CompletedProcess:
+    """``script`` (bash) with a fresh tmpfs of ``sizes_k[name]`` KiB mounted at
+    ``tmp_path/name`` for each name, in a user and mount namespace of its own (no root needed
+    where the kernel allows such namespaces; the test is skipped where it does not). The
+    mounts vanish with the script: it copies out what the test should see."""
+    probe = subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no user and mount namespaces here for a small real file system")
+    mounts = "".join(f"mkdir -p {tmp_path / n} && mount -t tmpfs -o size={k}k tmpfs "
+                     f"{tmp_path / n} || exit 97\n" for n, k in sizes_k.items())
+    return subprocess.run(["unshare", "-r", "-m", "bash", "-c", mounts + script], cwd=REPO,
+                          env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def test_a_real_full_disk_room_for_two_checkpoints_not_three(tmp_path, cache, full_run):
+    """Real tmpfs file systems (1.3 MB checkpoints): with room for two checkpoints but not
+    three, saves remove the older one first (with a note) and the run goes on; with room for
+    one, the second save exits 2 with one line naming its file and the room it needs, and the
+    first checkpoint stays whole. Both runs, resumed with room, end bit for bit where an
+    uninterrupted run does."""
+    import shlex
+
+    runs = {"two": (3200, ["--stop-at-step", 4]), "one": (2000, [])}
+    script = ""
+    for name, (_, extra) in runs.items():
+        args = _args(tmp_path / name / "run", cache, "--steps", STEPS, "--save-every", "0.001",
+                     *extra)
+        script += (f"{shlex.join(args)} > {tmp_path}/{name}.out 2> {tmp_path}/{name}.err; "
+                   f"echo $? > {tmp_path}/{name}.rc; cp -a {tmp_path / name / 'run'} "
+                   f"{tmp_path}/{name}-copy\n")
+    r = _in_small_filesystems({n: k for n, (k, _) in runs.items()}, script, tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    text = {n: ((tmp_path / f"{n}.out").read_text(), (tmp_path / f"{n}.err").read_text(),
+                int((tmp_path / f"{n}.rc").read_text())) for n in runs}
+    out, err, rc = text["two"]
+    assert rc == 0 and "stopped at step 4" in out, out[-2000:] + err[-2000:]
+    assert "note: no room for a checkpoint beside 2; removed step_00000002.pt" in out
+    out, err, rc = text["one"]
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "No space left on device; a checkpoint needs 1.3 MB free beside the newest " \
+           "checkpoint" in err and "step_00000002.pt" in err
+    final = ckpt.load_checkpoint(full_run / "checkpoints" / "step_00000006.pt")["params"]
+    for name, step in (("two", 4), ("one", 1)):
+        copy = tmp_path / f"{name}-copy"
+        kept = ckpt.list_checkpoints(copy / "checkpoints")
+        assert ckpt.load_checkpoint(kept[-1])["step"] == step
+        assert not list((copy / "checkpoints").glob(".tmp-*"))
+        _ok(_cli(copy, cache, "--steps", STEPS, "--resume"))
+        resumed = ckpt.load_checkpoint(copy / "checkpoints" / "step_00000006.pt")["params"]
+        assert _trees_equal(resumed, final)
+
+
+def test_a_real_full_disk_while_appending_a_metrics_row(tmp_path, cache, full_run):
+    """A run stopped at step 2, resumed on a real tmpfs left with two free pages: once the
+    metrics rows need a third page the append fails; exit 2 with one line naming
+    ``metrics.jsonl``, no half row, the checkpoint whole; resumed with room, the run ends with
+    every row once."""
+    import shlex
+
+    steps, stopped = 40, tmp_path / "stopped"
+    _ok(_cli(stopped, cache, "--steps", steps, "--log-every", 1, "--stop-at-step", 2))
+    run = tmp_path / "small" / "run"
+    args = _args(run, cache, "--steps", steps, "--log-every", 1, "--resume")
+    script = (f"cp -a {stopped} {run} && (dd if=/dev/zero of={run.parent}/filler bs=4k "
+              f"2> /dev/null; truncate -s -8k {run.parent}/filler) && "
+              f"{shlex.join(args)} > {tmp_path}/out 2> {tmp_path}/err; echo $? > {tmp_path}/rc; "
+              f"cp -a {run} {tmp_path}/copy")
+    r = _in_small_filesystems({"small": 2048}, script, tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out, err = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    assert int((tmp_path / "rc").read_text()) == 2, out[-2000:] + err[-2000:]
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "No space left on device" in err and "metrics.jsonl" in err
+    copy = tmp_path / "copy"
+    said = []
+    rows = rundir.read_jsonl(copy / "metrics.jsonl", said.append)
+    assert not said and 10 < rows[-1]["step"] < steps  # failed mid-run, no half row
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(copy / "checkpoints"))["step"] == 2
+    _ok(_cli(copy, cache, "--steps", steps, "--log-every", 1, "--resume"))
+    assert [r["step"] for r in rundir.read_jsonl(copy / "metrics.jsonl")] == \
+        list(range(1, steps + 1))
