@@ -237,6 +237,75 @@ def test_pipeline_cache_is_reused(tagged, tmp_path):
     assert [p.name for p in cache.iterdir()] == [entry.name]  # no datasets work files left
 
 
+def _flip_one_id(entry: Path) -> None:
+    """Another valid token id in one example: in range, so only a checksum can tell."""
+    path = entry / "train_ids.npy"
+    ids = np.load(path)
+    ids[0, 1] = ids[0, 2]
+    np.save(path, ids)
+
+
+def _stats_without_checksums(entry: Path) -> None:  # as written before there were any
+    import orjson
+    stats = orjson.loads((entry / "stats.json").read_bytes())
+    del stats["sha256"]
+    (entry / "stats.json").write_bytes(orjson.dumps(stats))
+
+
+CACHE_CORRUPTIONS = {
+    "an id changed in range": (_flip_one_id, "train_ids.npy is altered"),
+    "a truncated array": (lambda e: (e / "valid_ids.npy").write_bytes(
+        (e / "valid_ids.npy").read_bytes()[:100]), "valid_ids.npy is altered"),
+    "a missing array": (lambda e: (e / "train_token_types.npy").unlink(),
+                        "train_token_types.npy is missing"),
+    "stats.json not JSON": (lambda e: (e / "stats.json").write_bytes(b'{"train_'),
+                            "stats.json is not valid JSON"),
+    "stats.json not an object": (lambda e: (e / "stats.json").write_bytes(b"[1, 2]"),
+                                 "stats.json holds no checksums"),
+    "stats.json missing": (lambda e: (e / "stats.json").unlink(), "stats.json is missing"),
+    "no checksums (an old entry)": (_stats_without_checksums, "stats.json holds no checksums"),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CACHE_CORRUPTIONS))
+def test_a_corrupt_cache_entry_is_rebuilt_with_a_warning(tagged, tmp_path, corruption):
+    """Each kind of damage to a cached entry is detected on load (the ids' checksum catches an
+    in-range change), logged with what was wrong, and the entry rebuilt: the data come back
+    equal to the first build's, and the next call reuses the repaired entry."""
+    root, data, _ = tagged
+    cache = tmp_path / "cache"
+    shutil.copytree(root / "cache", cache)
+    (entry,) = cache.glob("data-*")
+    damage, said = CACHE_CORRUPTIONS[corruption]
+    damage(entry)
+    log = Log()
+    kwargs = {"seq_len": 48, "seed": 5, "cache_dir": str(cache), "valid_fraction": 0.1}
+    again = build_pretraining_data([str(root / "corpus")], TagTokenizer(), log=log, **kwargs)
+    warning = next(m for m in log if m.startswith("warning: "))
+    assert str(entry) in warning and said in warning and "rebuilding it" in warning
+    assert log.has("building pre-training data") and not log.has("reusing")
+    for name in ("train_ids", "train_token_types", "valid_ids", "valid_token_types"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(data, name))
+    assert again.stats == data.stats
+    log = Log()
+    build_pretraining_data([str(root / "corpus")], TagTokenizer(), log=log, **kwargs)
+    assert log.has("reusing cached pre-training data") and not log.has("warning")
+    assert [p.name for p in cache.iterdir()] == [entry.name]  # nothing set aside is left
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning_not_a_failure(tagged, tmp_path,
+                                                                  disk_full_at):
+    root, data, _ = tagged
+    disk_full_at("stats.json")  # the entry's last file
+    log = Log()
+    again = build_pretraining_data([str(root / "corpus")], TagTokenizer(), seq_len=48, seed=5,
+                                   cache_dir=str(tmp_path / "cache"), valid_fraction=0.1,
+                                   log=log)
+    np.testing.assert_array_equal(again.train_ids, data.train_ids)
+    assert log.has("not cached ([Errno 28] No space left on device: ")
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-written entry
+
+
 def test_pipeline_seed_changes_data_and_num_proc_does_not(tagged, tmp_path):
     root, data, _ = tagged
     kwargs = {"seq_len": 48, "valid_fraction": 0.1, "log": Log()}
@@ -376,3 +445,86 @@ def test_data_pipeline_benchmark_runs_and_checks(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(args[:-4] + ["--num-proc", "1,0"])
     assert e.value.code == 2
+
+
+_SLOW_BUILD = """
+import os, sys, time
+from electra_fn.data.pretrain_data import build_pretraining_data
+
+class SlowTokenizer:
+    vocab_size, pad_id, unk_id, cls_id, sep_id, mask_id = 100, 0, 1, 2, 3, 4
+    fingerprint = "slow-tokenizer"
+
+    def encode_batch(self, texts):
+        open(os.path.join(sys.argv[2], f"worker-{os.getpid()}"), "w").close()
+        time.sleep(600)  # a long tokenization, for the parent to be killed meanwhile
+        return [[5] for _ in texts]
+
+build_pretraining_data([sys.argv[1]], SlowTokenizer(), seq_len=32, seed=0,
+                       cache_dir=sys.argv[3], num_proc=2, log=lambda m: None)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # dead, not yet reaped
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc (Linux)")
+def test_worker_processes_die_with_a_killed_parent(tmp_path):
+    """Two worker processes are tokenizing (slowly) when the process that started them is
+    SIGKILLed: they, and every other process it forked (``datasets``' manager), die with it
+    instead of working on for minutes or idling on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _write_tagged_corpus(tmp_path / "corpus.txt", 40, 0)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    repo = Path(__file__).resolve().parents[1]
+    with open(tmp_path / "stderr", "wb") as err:
+        parent = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD,
+                                   str(tmp_path / "corpus.txt"), str(markers),
+                                   str(tmp_path / "cache")], cwd=repo,
+                                  env=dict(os.environ, PYTHONPATH=str(repo)),
+                                  stdout=subprocess.DEVNULL, stderr=err)
+    children: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while len(list(markers.iterdir())) < 2:
+            assert parent.poll() is None, (tmp_path / "stderr").read_text()[-2000:]
+            assert time.time() < deadline, "no two workers tokenizing within 120 s"
+            time.sleep(0.2)
+        workers = [int(p.name.split("-")[1]) for p in markers.iterdir()]
+        children = _children(parent.pid)
+        assert set(workers) < set(children)  # and the manager process
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.time() + 10
+        while not all(_gone(pid) for pid in children) and time.time() < deadline:
+            time.sleep(0.1)
+        assert all(_gone(pid) for pid in children), f"{children} outlived their parent"
+    finally:
+        for pid in children:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -8,14 +8,21 @@ sentence per line), so packing can cut between sentences instead of truncating l
 
 Arrays are cached under ``cache_dir/data-<hash>/`` keyed by corpus content, tokenizer, settings
 and ``PRETRAIN_DATA_VERSION``; a second call with equal inputs loads them instead of rebuilding.
+``stats.json``, written last, holds each array file's sha256, checked on every load: an entry
+that is incomplete, unreadable or altered is rebuilt, with a warning saying what was wrong.
+Worker processes (``num_proc`` > 1) die with the process that started them (Linux).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +34,7 @@ import orjson
 import torch
 
 from electra_fn.config import PAD_ID
+from electra_fn.rundir import naming, write_json
 # Corpus readers live in corpus.py (shared with the tokenizer); re-exported here.
 from electra_fn.data.corpus import (expand_corpus_paths, file_sha256,  # noqa: F401
                                     read_documents, read_lines, split_sentences)
@@ -167,6 +175,41 @@ def document_rng(seed: int, stream: int, doc_index: int) -> np.random.Generator:
 _TRAIN_STREAM, _VALID_FILES_STREAM, _HOLDOUT_STREAM = 0, 1, 2
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_TIE_FORKS_TO: list[int | None] = [None]  # the pid whose forks die with it, while building
+_AT_FORK_REGISTERED = [False]
+
+
+def _tie_to_parent() -> None:
+    """In a child just forked inside :func:`_children_die_with_us`: the kernel kills it when
+    its parent dies; if the parent is gone already, it exits now."""
+    parent = _TIE_FORKS_TO[0]
+    if parent is None:
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+    _TIE_FORKS_TO[0] = os.getpid()  # its own forks die with it in turn
+
+
+@contextlib.contextmanager
+def _children_die_with_us():
+    """Processes forked inside the block (``datasets``' workers and the manager process that
+    feeds their progress) die with this process (Linux), so a killed or terminated run
+    leaves none tokenizing on or idling; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    if not _AT_FORK_REGISTERED[0]:
+        os.register_at_fork(after_in_child=_tie_to_parent)
+        _AT_FORK_REGISTERED[0] = True
+    _TIE_FORKS_TO[0] = os.getpid()
+    try:
+        yield
+    finally:
+        _TIE_FORKS_TO[0] = None
+
+
 def _documents_generator(paths: tuple[str, ...]):
     for doc_id, lines in enumerate(read_documents(paths)):
         yield {"doc_id": doc_id, "lines": lines}
@@ -248,24 +291,62 @@ def _split_stats(prefix: str, ids: np.ndarray, documents: int, pad_id: int) -> d
             f"{prefix}_mean_fill": tokens / ids.size if ids.size else 0.0}
 
 
-def _load_cached(path: Path) -> PretrainData:
-    arrays = {name: np.load(path / f"{name}.npy") for name in _ARRAYS}
-    return PretrainData(**arrays, stats=orjson.loads((path / "stats.json").read_bytes()))
+def _load_cached(path: Path, key: str) -> PretrainData:
+    """The arrays cached in ``path``, each file checked against its sha256 in ``stats.json``;
+    a ``ValueError`` saying what is wrong otherwise (missing, not JSON, no checksums, another
+    key, a file missing or altered)."""
+    try:
+        stats = orjson.loads((path / "stats.json").read_bytes())
+    except FileNotFoundError:
+        raise ValueError("stats.json is missing") from None
+    except orjson.JSONDecodeError:
+        raise ValueError("stats.json is not valid JSON") from None
+    sums = stats.pop("sha256", None) if isinstance(stats, dict) else None
+    if not isinstance(sums, dict) or set(sums) != set(_ARRAYS):
+        raise ValueError("stats.json holds no checksums of the arrays")
+    if stats.get("key") != key:
+        raise ValueError(f"stats.json is for data key {stats.get('key')}, not {key}")
+    arrays = {}
+    for name in _ARRAYS:
+        file = path / f"{name}.npy"
+        if not file.is_file() or file_sha256(str(file)) != sums[name]:
+            raise ValueError(f"{file.name} is {'altered' if file.is_file() else 'missing'} "
+                             "(checksum mismatch)")
+        arrays[name] = np.load(file)
+    return PretrainData(**arrays, stats=stats)
+
+
+def _discard(path: Path) -> None:
+    """Remove a bad cache entry: renamed out of the way first, so no reader sees it half
+    deleted (gone already, e.g. removed by a concurrent run: nothing to do)."""
+    aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.bad-"))
+    try:
+        os.replace(path, aside / "entry")
+    except FileNotFoundError:
+        pass
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _save_atomic(data: PretrainData, path: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the cache is ordinary shared data
-    try:
-        for name in _ARRAYS:
-            np.save(tmp / f"{name}.npy", getattr(data, name))
-        (tmp / "stats.json").write_bytes(orjson.dumps(data.stats, option=orjson.OPT_INDENT_2))
-        os.replace(tmp, path)
-    except OSError:
-        if not (path / "stats.json").is_file():  # a concurrent writer may have won the race
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Write the arrays, then ``stats.json`` with their checksums, to a temporary directory
+    renamed to ``path``; an ``OSError`` names ``path``."""
+    with naming(path):
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        try:
+            os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the cache is ordinary shared data
+            sums = {}
+            for name in _ARRAYS:
+                np.save(tmp / f"{name}.npy", getattr(data, name))
+                sums[name] = file_sha256(str(tmp / f"{name}.npy"))
+            write_json(tmp / "stats.json", {**data.stats, "sha256": sums})
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                if not (path / "stats.json").is_file():  # a concurrent writer won the race
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_pretraining_data(corpus: str | Sequence[str], tokenizer: Tokenizer, *, seq_len: int,
@@ -297,9 +378,14 @@ def build_pretraining_data(corpus: str | Sequence[str], tokenizer: Tokenizer, *,
     digest = hashlib.sha256(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
     os.makedirs(cache_dir, exist_ok=True)
     final = Path(cache_dir) / f"data-{digest}"
-    if (final / "stats.json").is_file():
-        log(f"reusing cached pre-training data {final}")
-        return _load_cached(final)
+    if final.exists():
+        try:
+            data = _load_cached(final, digest)
+            log(f"reusing cached pre-training data {final}")
+            return data
+        except (OSError, ValueError) as e:
+            log(f"warning: cached pre-training data {final}: {e}; rebuilding it")
+            _discard(final)
 
     import datasets
 
@@ -342,9 +428,11 @@ def build_pretraining_data(corpus: str | Sequence[str], tokenizer: Tokenizer, *,
         log(f"building pre-training data: {len(train_docs)} train / {len(valid_docs)} valid "
             f"documents, seq_len={seq_len}, num_proc={num_proc}")
         common = {"seq_len": seq_len, "seed": seed, "num_proc": num_proc}
-        train = _build_split(train_docs, tokenizer, stream=_TRAIN_STREAM, tag="train", **common)
-        valid_arrays = _build_split(valid_docs, tokenizer, stream=valid_stream,
-                                    tag="valid", **common)
+        with _children_die_with_us():
+            train = _build_split(train_docs, tokenizer, stream=_TRAIN_STREAM, tag="train",
+                                 **common)
+            valid_arrays = _build_split(valid_docs, tokenizer, stream=valid_stream,
+                                        tag="valid", **common)
         stats = {**_split_stats("train", train[0], len(train_docs), tokenizer.pad_id),
                  **_split_stats("valid", valid_arrays[0], len(valid_docs), tokenizer.pad_id),
                  "seq_len": seq_len, "key": digest}
@@ -353,9 +441,13 @@ def build_pretraining_data(corpus: str | Sequence[str], tokenizer: Tokenizer, *,
         if bars_were_enabled:
             datasets.enable_progress_bars()
         shutil.rmtree(work_dir, ignore_errors=True)
-    _save_atomic(data, final)
+    where = f"cached at {final}"
+    try:
+        _save_atomic(data, final)
+    except OSError as e:  # the data are built; only the next run's shortcut is lost
+        where = f"not cached ({e}; the next run rebuilds them)"
     log(f"pre-training data: {stats['train_examples']} train / {stats['valid_examples']} valid "
-        f"examples, mean fill {stats['train_mean_fill']:.3f}, cached at {final}")
+        f"examples, mean fill {stats['train_mean_fill']:.3f}, {where}")
     return data
 
 
