@@ -10,6 +10,7 @@ noise, the data position and the schedule all come from the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -318,6 +319,7 @@ class Run:
     log: Log
     progress: object  # a tqdm bar
     extra: dict = field(default_factory=dict)
+    save_guard: Callable = contextlib.nullcontext  # a save runs inside it (SignalStop.deferring)
     writer: bool = True  # False on data-parallel ranks other than 0: they write no files
 
     @property
@@ -337,9 +339,10 @@ class Run:
             return None
         if not self.writer:
             return None
-        path = ckpt.save_checkpoint(self.ckpt_dir, params=self.params, opt_state=self.opt,
-                                    step=self.step, data_position=self.position,
-                                    config=self.config_blob())
+        with self.save_guard():
+            path = ckpt.save_checkpoint(self.ckpt_dir, params=self.params, opt_state=self.opt,
+                                        step=self.step, data_position=self.position,
+                                        config=self.config_blob(), log=self.log)
         self.log(f"checkpoint ({reason}): {path}")
         return path
 
@@ -525,19 +528,38 @@ def stop_at(step: int) -> Hook:
 
 class SignalStop:
     """SIGINT/SIGTERM stop the run after the current step with a checkpoint (exit 128 +
-    signal); a second signal aborts at once (saves are atomic, so the last checkpoint is
-    whole). A context manager: the old handlers come back on exit."""
+    signal); a second signal aborts at once, except inside :meth:`deferring` (a checkpoint
+    being written), which it ends first, so a save it interrupts is still whole. A context
+    manager: the old handlers come back on exit."""
 
     def __init__(self, resume_hint: str):
         self.signum: int | None = None
         self.resume_hint = resume_hint
+        self.saving, self.abort = False, None
 
     def _handler(self, signum, _frame):
         if self.signum is not None:
+            if self.saving:
+                self.abort = signum
+                print(f"\n{signal.Signals(signum).name}: aborting once the checkpoint being "
+                      "written is complete", file=sys.stderr, flush=True)
+                return
             raise SystemExit(128 + signum)
         self.signum = signum
         print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
               "(send it again to abort now)", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def deferring(self):
+        """A block (a checkpoint save) that a second signal does not cut short: the abort it
+        asks for (SystemExit 128 + signal) comes when the block has finished."""
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
+        if self.abort is not None:
+            raise SystemExit(128 + self.abort)
 
     def __enter__(self):
         self.old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -649,6 +671,7 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
              else None)
     evaluation, saving = Evaluation(evaluate), PeriodicSave(loop_opts.save_every_s)
     signals = SignalStop(resume_hint)
+    run.save_guard = signals.deferring
     agreement = Agreement(world, signals, device) if world is not None else None
     hooks: list[Hook] = ([refit] if refit else []) + ([agreement] if agreement else []) + [
         MetricsLog(loop_opts.max_bad_steps, t_start, device), evaluation, saving]

@@ -81,23 +81,33 @@ def _trees_equal(a, b) -> bool:
     return fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
 
 
-def test_pretrain_run_stopped_and_resumed_equals_a_straight_run(tmp_path):
-    """In-process, through the library alone: a run stopped after step 3 and resumed from its
-    checkpoint ends with exactly the parameters and optimizer state of an uninterrupted one,
-    and its logs hold each step once."""
+def _tiny_run(tmp_path: Path, total_steps: int, **recipe) -> tuple:
+    """(tokenizer, data, config) of a tiny run on the fixture corpus: seq 32, batch 2."""
     tok = toklib.train_tokenizer([str(CORPUS)], 300, str(tmp_path / "cache"), log=lambda m: None)
     data = pdata.build_pretraining_data([str(CORPUS)], tok, seq_len=32, seed=0,
                                         cache_dir=str(tmp_path / "cache"), valid_fraction=0.05,
                                         log=lambda m: None)
     mcfg = ModelConfig.from_name("tiny").replace(vocab_size=tok.vocab_size)
-    cfg = PretrainConfig(model=mcfg, seq_len=32, batch_size=2, total_steps=6, warmup_steps=1,
-                         learning_rate=1e-3)
+    return tok, data, PretrainConfig(model=mcfg, seq_len=32, batch_size=2,
+                                     total_steps=total_steps, **recipe)
+
+
+def _run_dir(path: Path, tok) -> Path:
+    """``path`` holding the run's tokenizer (as a started run has it)."""
+    (path / "tokenizer").mkdir(parents=True)
+    tok.save(str(path / "tokenizer"))
+    return path
+
+
+def test_pretrain_run_stopped_and_resumed_equals_a_straight_run(tmp_path):
+    """In-process, through the library alone: a run stopped after step 3 and resumed from its
+    checkpoint ends with exactly the parameters and optimizer state of an uninterrupted one,
+    and its logs hold each step once."""
+    tok, data, cfg = _tiny_run(tmp_path, 6, warmup_steps=1, learning_rate=1e-3)
     quiet = dict(step_opts=train.StepOptions(), run_info={}, log=lambda m: None)
     outs = {}
     for name, stops in (("straight", [None]), ("resumed", [3, None])):
-        out = tmp_path / name
-        (out / "tokenizer").mkdir(parents=True)
-        tok.save(str(out / "tokenizer"))
+        out = _run_dir(tmp_path / name, tok)
         state = None
         for stop in stops:
             opts = train.LoopOptions(stop_at_step=stop, plot=False)
@@ -119,12 +129,7 @@ def test_no_checkpoint_is_written_during_a_non_finite_streak(tmp_path):
     """Steps 3-5 report non-finite (skipped) updates: the periodic saves of those steps are
     not written (so keep-2 pruning cannot drop the checkpoints from before the streak), and
     saving resumes once a step is finite again."""
-    tok = toklib.train_tokenizer([str(CORPUS)], 300, str(tmp_path / "cache"), log=lambda m: None)
-    data = pdata.build_pretraining_data([str(CORPUS)], tok, seq_len=32, seed=0,
-                                        cache_dir=str(tmp_path / "cache"), valid_fraction=0.05,
-                                        log=lambda m: None)
-    mcfg = ModelConfig.from_name("tiny").replace(vocab_size=tok.vocab_size)
-    cfg = PretrainConfig(model=mcfg, seq_len=32, batch_size=2, total_steps=7, warmup_steps=1)
+    tok, data, cfg = _tiny_run(tmp_path, 7, warmup_steps=1)
     real = train.make_step_fn(cfg, train.StepOptions())
     calls = {"n": 0}
 
@@ -135,9 +140,7 @@ def test_no_checkpoint_is_written_during_a_non_finite_streak(tmp_path):
             return params, opt, {**m, "skipped": torch.ones(())}
         return p, o, m
 
-    out = tmp_path / "run"
-    (out / "tokenizer").mkdir(parents=True)
-    tok.save(str(out / "tokenizer"))
+    out = _run_dir(tmp_path / "run", tok)
     said = []
     opts = train.LoopOptions(save_every_s=0.0, plot=False, max_bad_steps=10)
     assert train.pretrain_run(cfg, data, out, step_opts=train.StepOptions(), loop_opts=opts,
@@ -155,21 +158,14 @@ def test_export_warnings_become_notes_in_the_log(tmp_path, monkeypatch):
 
     from electra_fn import hf
 
-    tok = toklib.train_tokenizer([str(CORPUS)], 300, str(tmp_path / "cache"), log=lambda m: None)
-    data = pdata.build_pretraining_data([str(CORPUS)], tok, seq_len=32, seed=0,
-                                        cache_dir=str(tmp_path / "cache"), valid_fraction=0.05,
-                                        log=lambda m: None)
-    cfg = PretrainConfig(model=ModelConfig.from_name("tiny").replace(vocab_size=tok.vocab_size),
-                         seq_len=32, batch_size=2, total_steps=1, warmup_steps=0)
+    tok, data, cfg = _tiny_run(tmp_path, 1, warmup_steps=0)
 
     def save_hf(*a, **kw):
         warnings.warn("no tokenizers here")
         return {}
 
     monkeypatch.setattr(hf, "save_hf", save_hf)
-    out = tmp_path / "run"
-    (out / "tokenizer").mkdir(parents=True)
-    tok.save(str(out / "tokenizer"))
+    out = _run_dir(tmp_path / "run", tok)
     said = []
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a warning escaping the run would fail the test
@@ -177,3 +173,45 @@ def test_export_warnings_become_notes_in_the_log(tmp_path, monkeypatch):
                                   loop_opts=train.LoopOptions(plot=False), run_info={},
                                   log=said.append) == 0
     assert "note: no tokenizers here" in said
+
+
+def test_a_second_signal_during_the_signal_save_waits_for_the_save(tmp_path, monkeypatch,
+                                                                    capsys):
+    """SIGINT during step 2 asks for a checkpoint; a second SIGINT arrives while that
+    checkpoint's bytes are being flushed. The save is not cut short: it completes (the only
+    checkpoint of the run, whole), then the run aborts with exit 130, and it resumes."""
+    import os
+    import signal
+
+    import pytest
+
+    tok, data, cfg = _tiny_run(tmp_path, 4, warmup_steps=1)
+    real_step, calls = train.make_step_fn(cfg, train.StepOptions()), {"n": 0}
+
+    def step_fn(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the first: stop after this step
+        return real_step(*args)
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if "/.tmp-" in os.readlink(f"/proc/self/fd/{fd}"):
+            os.kill(os.getpid(), signal.SIGINT)  # the second, mid-save
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = _run_dir(tmp_path / "run", tok)
+    run = dict(step_opts=train.StepOptions(), loop_opts=train.LoopOptions(plot=False),
+               run_info={}, log=lambda m: None)
+    with pytest.raises(SystemExit) as stop:
+        train.pretrain_run(cfg, data, out, step_fn=step_fn, **run)
+    monkeypatch.undo()
+    assert stop.value.code == 130 and calls["n"] == 2
+    assert "aborting once the checkpoint being written is complete" in capsys.readouterr().err
+    (saved,) = ckpt.list_checkpoints(out / "checkpoints")
+    state = ckpt.load_checkpoint(saved)
+    assert state["step"] == 2 and not list((out / "checkpoints").glob(".tmp-*"))
+    assert train.pretrain_run(cfg, data, out, state=state, **run) == 0
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(out / "checkpoints"))["step"] == 4
