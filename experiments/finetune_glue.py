@@ -11,7 +11,8 @@ Per task: ``OUT/<task>.json`` (every seed's dev metrics, median/mean/std, wall t
 checkpoint (1M steps): GLUE score ~80 (see results.md's reference column).
 
 Bad inputs (missing task folder or checkpoint, malformed rows with --strict, a tokenizer that
-does not match the checkpoint) exit with code 2 and a one-line message.
+does not match the checkpoint) and disk failures (full, read-only) exit with code 2 and a
+one-line message naming the flag or file; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-EXIT_BAD_INPUT = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,11 +80,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "counter-based dropout; see electra_fn.finetune.train_seeds)")
     p.add_argument("--export-hf", action="store_true", help="export each task's best dev seed "
                    "to OUT/hf/<task> for transformers' AutoModelForSequenceClassification")
+    p.add_argument("--debug", action="store_true",
+                   help="show tracebacks instead of one-line errors")
     args = p.parse_args(argv)
     if args.checkpoint is None and not (args.from_scratch and args.tokenizer):
         p.error("--checkpoint is required (or --from-scratch with --tokenizer)")
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
+    if args.max_train_examples is not None and args.max_train_examples < 1:
+        p.error("--max-train-examples must be >= 1")
     return args
 
 
@@ -94,21 +97,28 @@ def _tasks(arg: str) -> tuple[list[str], bool]:
     from electra_fn.finetune import PAPER_TASKS
     if arg.strip().lower() == "all":
         return list(PAPER_TASKS), True
-    return [get_task(t).name for t in arg.split(",") if t.strip()], False
+    names = [get_task(t).name for t in arg.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"--tasks {arg!r}: names no task")
+    return names, False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch  # after argparse: --help stays fast
+    from electra_fn import runtime  # after argparse: --help stays fast
+    from electra_fn.hf import CheckpointError
+    return runtime.guarded(lambda: run(args), debug=args.debug, errors=(CheckpointError,))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command after its flags: every input checked before any training, then the tasks;
+    bad input raises (:func:`electra_fn.runtime.guarded` makes it one line)."""
+    import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     from electra_fn.runtime import UserError, resolve_amp, resolve_device
-    try:
-        device = resolve_device(args.device)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    device = resolve_device(args.device)
     args.device = str(device)
     amp = resolve_amp(args.dtype, device)
     dtype_text = "bf16 autocast" if amp else "float32"
@@ -117,43 +127,33 @@ def main(argv: list[str] | None = None) -> int:
     from electra_fn import finetune as FT
     from electra_fn.config import FinetuneConfig
     from electra_fn.data.glue import task_dir
-    from electra_fn.hf import CheckpointError
 
-    bad_input = (FileNotFoundError, NotADirectoryError, CheckpointError, ValueError)
-    # -- inputs, all checked before any training ------------------------------------------
-    try:
-        tasks, all_tasks = _tasks(args.tasks)
-        ft_cfg = FinetuneConfig(learning_rate=args.lr, layer_decay=args.layer_decay,
-                                extra_decay_factor=not args.no_extra_decay_factor,
-                                weight_decay=args.weight_decay, batch_size=args.batch_size,
-                                adam_bias_correction=args.bias_correction,
-                                length_bucketing=args.length_bucketing,
-                                max_len=args.max_len, epochs=args.epochs,
-                                seed=args.first_seed)
-        present = []
-        for t in tasks:
-            try:
-                task_dir(args.glue_dir, t)
-                present.append(t)
-            except FileNotFoundError as e:
-                if not all_tasks:
-                    raise
-                print(f"{e}: skipped", file=sys.stderr)
-        params, model_cfg, tokenizer, ckpt_info = FT.load_finetune_inputs(
-            args.checkpoint, args.tokenizer, from_scratch=args.from_scratch,
-            preset=args.preset)
-        max_len = FT.max_len_for(model_cfg, ft_cfg)
-    except bad_input as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    tasks, all_tasks = _tasks(args.tasks)
+    ft_cfg = FinetuneConfig(learning_rate=args.lr, layer_decay=args.layer_decay,
+                            extra_decay_factor=not args.no_extra_decay_factor,
+                            weight_decay=args.weight_decay, batch_size=args.batch_size,
+                            adam_bias_correction=args.bias_correction,
+                            length_bucketing=args.length_bucketing,
+                            max_len=args.max_len, epochs=args.epochs, seed=args.first_seed)
+    present = []
+    for t in tasks:
+        try:
+            task_dir(args.glue_dir, t)
+            present.append(t)
+        except FileNotFoundError as e:
+            if not all_tasks:
+                raise
+            print(f"{e}: skipped", file=sys.stderr)
+    params, model_cfg, tokenizer, ckpt_info = FT.load_finetune_inputs(
+        args.checkpoint, args.tokenizer, from_scratch=args.from_scratch, preset=args.preset)
+    FT.max_len_for(model_cfg, ft_cfg)  # raises for a --max-len the model cannot take
     mode = (FT.default_compile_mode(args.device) if args.compile == "auto" else args.compile)
     mode = "eager" if args.no_compile else mode
     if mode != "eager":
         try:
             compiling.check_device(args.device)
         except ValueError as e:
-            print(f"error: --compile {mode}: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            raise UserError(f"--compile {mode}: {e}") from None
     from electra_fn.glue_run import GlueOptions, run_glue
 
     seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))

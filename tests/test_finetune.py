@@ -491,6 +491,30 @@ def test_cli_vocab_mismatch_and_bad_checkpoint(checkpoint, tmp_path, capsys):
     assert rc == 2 and "config.json" in err and "JSON" in err, err
 
 
+def test_cli_full_disk_is_one_line_naming_the_file_and_debug_shows_the_traceback(
+        checkpoint, tmp_path, capsys, disk_full_at):
+    args = ("--checkpoint", checkpoint["good"], "--glue-dir", FIXTURES, "--tasks", "sst2",
+            "--epochs", 1, "--max-train-examples", 4, "--no-progress", "--dtype", "float32")
+    disk_full_at("sst2.json")
+    rc, err = _main(capsys, *args, "--out", tmp_path / "a")
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and "Traceback" not in err, err
+    assert last.startswith("error: [Errno 28] No space left on device: ") and "sst2.json" in last
+    assert list((tmp_path / "a").glob("*sst2.json*")) == []  # no half or temporary file
+    with pytest.raises(OSError, match="sst2.json"):
+        _main(capsys, *args, "--out", tmp_path / "b", "--debug")
+
+
+def test_cli_flags_that_name_nothing_to_do(checkpoint, tmp_path, capsys):
+    rc, err = _main(capsys, "--checkpoint", checkpoint["good"], "--glue-dir", FIXTURES,
+                    "--tasks", ",", "--out", tmp_path, "--no-progress")
+    assert rc == 2 and err.strip() == "error: --tasks ',': names no task"
+    with pytest.raises(SystemExit) as e:
+        _main(capsys, "--checkpoint", checkpoint["good"], "--glue-dir", FIXTURES,
+              "--max-train-examples", 0)
+    assert e.value.code == 2 and "--max-train-examples must be >= 1" in capsys.readouterr().err
+
+
 def test_stsb_trains_on_score_over_five_and_predicts_on_the_score_scale(monkeypatch):
     """As the original's STS task: the regression target is label / 5 (so the MSE is a 25th of
     the raw one's); predictions come back on the 0-5 scale (Spearman and Pearson are
