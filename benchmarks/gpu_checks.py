@@ -24,6 +24,10 @@ The test suite runs on CPU only; these are the checks that need the device itsel
    finite; the compiled hash that draws the captured step's noise gives the op-by-op hash's
    numbers on the device; and both steps are timed (ms/step, at ``--batch-size``). On a CPU
    the check runs the ``replay`` stand-in.
+6. ``data_parallel``: the data-parallel step in a world of one rank (NCCL on CUDA, gloo on a
+   CPU; :mod:`electra_fn.distributed`) agrees with the plain step for two float32 eager steps
+   (bit for bit on a CPU; within ``--atol`` on CUDA, whose embedding gradients are summed by
+   atomic adds), and one gradient all-reduce is timed.
 
 Each check prints one line (PASS/FAIL and its numbers); ``--json`` writes them all (orjson).
 The exit status is 1 if any check fails. The model is ELECTRA-Small with ``--layers`` layers
@@ -33,6 +37,8 @@ The exit status is 1 if any check fails. The model is ELECTRA-Small with ``--lay
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 import time
 import traceback
@@ -46,7 +52,7 @@ import torch._inductor.config
 
 from benchmarks import hf_peer
 from benchmarks.workload import synthetic_batch
-from electra_fn import compiling, cuda_graph, model, pretrain
+from electra_fn import compiling, cuda_graph, distributed, model, pretrain
 from electra_fn import rng as rnglib
 from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.tree import flat_dict, tree_map
@@ -262,8 +268,50 @@ def check_graph(args, device) -> dict:
             "first_call_s": round(first_call_s, 2), **timing}
 
 
+def check_data_parallel(args, device) -> dict:
+    cfg, params, batch = _setup(args, device)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(device.index or 0),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with distributed.session(device, print) as (world, dev, _):
+            runs = {}
+            for name, w in (("plain", None), ("data_parallel", world)):
+                step = pretrain.make_train_step(cfg, device_type=dev.type, grad_route="autograd",
+                                                world=w)
+                p, o = params, pretrain.init_opt_state(params, cfg)
+                for i in range(2):
+                    p, o, m = step(p, o, batch, pretrain.step_key(cfg.seed, i))
+                runs[name] = (p, float(m["loss"]))
+            grads = [torch.ones_like(x) for x in flat_dict(params).values()]
+            distributed.all_reduce_sum(grads, world)  # warm-up
+            t0 = time.perf_counter()
+            summed = distributed.all_reduce_sum(grads, world)
+            float(summed[0].sum())
+            reduce_ms = (time.perf_counter() - t0) * 1e3
+            backend = torch.distributed.get_backend()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    diff = _max_diff(runs["plain"][0], runs["data_parallel"][0])
+    tol = 0.0 if device.type == "cpu" else args.atol
+    ok = diff <= tol and abs(runs["plain"][1] - runs["data_parallel"][1]) <= tol
+    return {"pass": ok, "backend": backend, "param_max_abs_diff": diff, "tolerance": tol,
+            "losses": [runs["plain"][1], runs["data_parallel"][1]],
+            "allreduce_ms": round(reduce_ms, 2), "grad_mb": round(
+                sum(g.numel() * g.element_size() for g in grads) / 2**20, 1)}
+
+
 CHECKS = {"compiled": check_compiled, "bf16": check_bf16, "hf_parity": check_hf_parity,
-          "graph": check_graph, "compiled_diag": check_compiled_diag}
+          "graph": check_graph, "compiled_diag": check_compiled_diag,
+          "data_parallel": check_data_parallel}
 
 
 def main(argv=None) -> int:
