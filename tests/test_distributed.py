@@ -160,7 +160,7 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path, monkeypatch):
         with distributed.session(torch.device("cpu"), print) as (world, _, _):
             solo = _all_routes(world)
     for route in pretrain.GRAD_ROUTES:
-        (p1, m1), (p2, m2), (ps, ms) = one[route], two[route], solo[route]
+        (p1, m1), (p2, m2), (ps, _) = one[route], two[route], solo[route]
         f1, f2, fs = flat_dict(p1), flat_dict(p2), flat_dict(ps)
         for k in f1:
             torch.testing.assert_close(f2[k], f1[k], rtol=1e-5, atol=1e-6, msg=k)
