@@ -4,8 +4,9 @@ FLOPs, then SST-2, CoLA and RTE from each checkpoint.
 
     python -m experiments.ablate --study cpu_ablate --glue-dir ../shared/data/glue
 
-Expected: about 10 minutes of pre-training and 10 of fine-tuning per variant and seed on a
-2-core CPU; seed 0 of every variant first (about 3.5 hours), then seeds 1 and 2.
+Expected: 1,200 steps of 32 x 128 (4.9M tokens) at 1.7-2.3 s/step with one thread beside other
+work on a 2-core CPU (about 40 minutes) plus GLUE, per variant and seed; seed 0 of every
+variant first (11 variants, about 10 hours), then seeds 1 and 2 where they can decide.
 Reached: not yet run to completion (records/README.md will link the result).
 """
 
@@ -37,11 +38,18 @@ STUDY = {
         Variant("gen-1", model={"generator_multiplier": 1.0},
                 why="the released Small++'s full-size generator"),
         Variant("gdes", model={"embedding_sharing": "gdes"},
-                why="ours: the generator's MLM and the discriminator's RTD gradients pull the "
-                    "shared word embeddings apart; gradient-disentangled sharing (DeBERTaV3, "
-                    "He et al. 2021) lets the discriminator train a delta of its own"),
+                why="ours: the generator's MLM and the discriminator's RTD gradients both move "
+                    "the shared word embeddings; gradient-disentangled sharing (DeBERTaV3, He "
+                    "et al. 2021) gives the discriminator a delta of its own (the collapse "
+                    "record, 2026-11-29_discriminator-context §4, found the early collapse is "
+                    "not this tug of war: this tests the end quality)"),
         Variant("mask-25", recipe={"mask_prob": 0.25},
                 why="ours: more replaced positions per sequence give the discriminator more "
                     "signal per token (Wettig et al. 2023 find 40% masking better for MLM)"),
+        Variant("gen-delay-25%", recipe={"gen_delay_steps": 300},
+                why="ours: a learning generator erases the identity cues through which the "
+                    "discriminator escapes its early collapse (2026-11-29_discriminator-"
+                    "context §4; a 40% delay kept part of the context there): the generator's "
+                    "loss counts from a quarter of the run on"),
     ],
 }

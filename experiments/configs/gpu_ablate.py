@@ -10,6 +10,8 @@ ms/step) and a minute of GLUE, so about six variants fit one 15-minute window (p
 ABLATE_ARGS="--variants ..."). Reached: not yet run (no GPU was lent since it was written).
 """
 
+import dataclasses
+
 from experiments.configs.cpu_ablate import STUDY as CPU_STUDY
 
 FLAGS = {
@@ -23,4 +25,7 @@ FLAGS = {
 
 GLUE = {"tasks": "sst2,cola,rte", "seeds": 3, "max_train_examples": 2000}
 
-STUDY = {"seeds": [0], "variants": CPU_STUDY["variants"]}
+# The same variants; the generator's delay is a quarter of these 500 steps.
+STUDY = {"seeds": [0], "variants": [
+    dataclasses.replace(v, recipe={"gen_delay_steps": 125}) if "gen_delay_steps" in v.recipe
+    else v for v in CPU_STUDY["variants"]]}
