@@ -646,7 +646,8 @@ def test_named_configs_load_and_flags_win(tmp_path, cache):
         flags = configs.load(name)
         assert set(flags) <= parser_dests, (name, set(flags) - parser_dests)
         doc = __import__(f"experiments.configs.{name}", fromlist=["x"]).__doc__
-        assert f"--config {name}" in doc and "Expected" in doc
+        # its command: pre-training or a reproduction (--config), or a study (--study)
+        assert (f"--config {name}" in doc or f"--study {name}" in doc) and "Expected" in doc
     with pytest.raises(UserError, match="--config nope: unknown"):
         configs.load("nope")
     # the smoke config, with --steps and --corpus given on the command line winning
