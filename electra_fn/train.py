@@ -699,6 +699,9 @@ def finish(run: Run, evaluate: Callable[[dict], dict], device: torch.device, plo
         return 0
     out, log = run.out, run.log
     final = evaluate(run.params)
+    # A run resumed from its final checkpoint (its summary never written) evaluated this step
+    # before: one row per step.
+    rundir.truncate_jsonl(out / "eval.jsonl", run.step - 1)
     rundir.append_jsonl(out / "eval.jsonl", {"step": run.step, **final})
     evals = rundir.read_jsonl(out / "eval.jsonl", log)
     first = evals[0]

@@ -125,6 +125,25 @@ def test_pretrain_run_stopped_and_resumed_equals_a_straight_run(tmp_path):
     assert (out_b / "hf" / "discriminator" / "config.json").is_file()
 
 
+def test_a_run_resumed_from_its_final_checkpoint_logs_the_final_evaluation_once(tmp_path):
+    """The summary of a finished run was lost (a crash or a full disk after the final save):
+    resuming from the final checkpoint writes it again, with one evaluation row per step."""
+    tok, data, cfg = _tiny_run(tmp_path, 4, warmup_steps=1)
+    quiet = dict(step_opts=train.StepOptions(), run_info={}, log=lambda m: None,
+                 loop_opts=train.LoopOptions(plot=False))
+    out = _run_dir(tmp_path / "run", tok)
+    assert train.pretrain_run(cfg, data, out, **quiet) == 0
+    rows_before = rundir.read_jsonl(out / "eval.jsonl")
+    (out / "summary.json").unlink()
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out / "checkpoints"))
+    assert state["step"] == 4
+    assert train.pretrain_run(cfg, data, out, state=state, **quiet) == 0
+    rows = rundir.read_jsonl(out / "eval.jsonl")
+    assert [r["step"] for r in rows] == [r["step"] for r in rows_before]
+    assert [r["step"] for r in rows].count(4) == 1
+    assert rundir.read_json(out / "summary.json")["steps"] == 4
+
+
 def test_no_checkpoint_is_written_during_a_non_finite_streak(tmp_path):
     """Steps 3-5 report non-finite (skipped) updates: the periodic saves of those steps are
     not written (so keep-2 pruning cannot drop the checkpoints from before the streak), and
