@@ -22,6 +22,7 @@ import torch
 
 from .config import ModelConfig, EncoderConfig
 from .model import discriminator_embeddings
+from .rundir import remove_stale_temp_dirs, temp_dir
 
 Params = dict
 DISCRIMINATOR, GENERATOR = "discriminator", "generator"
@@ -422,7 +423,9 @@ def tokenizer_files(tokenizer_dir: str | os.PathLike, cfg: ModelConfig) -> dict[
 def _write_dir(parent: Path, name: str, files: dict[str, bytes]) -> Path:
     """Write ``files`` into ``parent/name`` via a temporary sibling renamed into place, so a
     crash never leaves a half-written directory; an existing one is replaced."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=parent))
+    for stale in remove_stale_temp_dirs(parent):
+        warnings.warn(f"removed {stale}, left by an interrupted export", stacklevel=3)
+    tmp = temp_dir(parent, name)
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an export is ordinary shared data
         for file_name, data in files.items():

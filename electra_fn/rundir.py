@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import socket
 import tempfile
 import time
@@ -132,6 +134,33 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, another user's
         return True
     return True
+
+
+def temp_dir(parent: str | os.PathLike, name: str) -> Path:
+    """A new directory in ``parent`` for writing ``name`` before it is renamed into place; its
+    name carries this process's host and pid, so :func:`remove_stale_temp_dirs` can tell one
+    left by a dead process from one still being written."""
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-{socket.gethostname()}-"
+                                                    f"{os.getpid()}-"))
+
+
+def remove_stale_temp_dirs(parent: str | os.PathLike) -> list[Path]:
+    """Remove the :func:`temp_dir` directories in ``parent`` whose process (on this host) is
+    gone: the leftovers of a killed export or cache build. Returns what was removed."""
+    parent, host = Path(parent), socket.gethostname()
+    if not parent.is_dir():
+        return []
+    removed = []
+    for p in parent.iterdir():
+        match = _TEMP_DIR.fullmatch(p.name)
+        if (match and p.is_dir() and match["host"] == host
+                and not _alive(int(match["pid"]))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+_TEMP_DIR = re.compile(r"\..+\.tmp-(?P<host>.+)-(?P<pid>\d+)-[^-]+")
 
 
 @contextlib.contextmanager

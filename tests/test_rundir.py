@@ -70,3 +70,23 @@ def test_a_full_disk_leaves_the_old_json_file_whole_and_no_temporary(tmp_path, d
         rundir.write_json(path, {"a": 2})
     assert rundir.read_json(path) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_stale_temp_dirs_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    mine = rundir.temp_dir(tmp_path, "hf")  # this process: alive, kept
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    host = mine.name.split(".tmp-", 1)[1].rsplit("-", 2)[0]
+    dead = tmp_path / f".data-1.tmp-{host}-{dead_pid}-abc123"
+    other_host = tmp_path / f".data-2.tmp-elsewhere-{dead_pid}-abc123"
+    unrelated = tmp_path / ".data-3.tmp-x"  # not ours: no host and pid
+    for d in (dead, other_host, unrelated):
+        d.mkdir()
+        (d / "half.npy").write_bytes(b"x")
+    assert rundir.remove_stale_temp_dirs(tmp_path) == [dead]
+    assert not dead.exists()
+    assert mine.is_dir() and other_host.is_dir() and unrelated.is_dir()
+    assert rundir.remove_stale_temp_dirs(tmp_path / "missing") == []

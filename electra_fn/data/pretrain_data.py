@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ import orjson
 import torch
 
 from electra_fn.config import PAD_ID
-from electra_fn.rundir import naming, write_json
+from electra_fn.rundir import naming, remove_stale_temp_dirs, temp_dir, write_json
 # Corpus readers live in corpus.py (shared with the tokenizer); re-exported here.
 from electra_fn.data.corpus import (expand_corpus_paths, file_sha256,  # noqa: F401
                                     read_documents, read_lines, split_sentences)
@@ -319,7 +318,7 @@ def _load_cached(path: Path, key: str) -> PretrainData:
 def _discard(path: Path) -> None:
     """Remove a bad cache entry: renamed out of the way first, so no reader sees it half
     deleted (gone already, e.g. removed by a concurrent run: nothing to do)."""
-    aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.bad-"))
+    aside = temp_dir(path.parent, f"{path.name}.bad")
     try:
         os.replace(path, aside / "entry")
     except FileNotFoundError:
@@ -332,7 +331,7 @@ def _save_atomic(data: PretrainData, path: Path) -> None:
     """Write the arrays, then ``stats.json`` with their checksums, to a temporary directory
     renamed to ``path``; an ``OSError`` names ``path``."""
     with naming(path):
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        tmp = temp_dir(path.parent, path.name)
         try:
             os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the cache is ordinary shared data
             sums = {}
@@ -389,7 +388,9 @@ def build_pretraining_data(corpus: str | Sequence[str], tokenizer: Tokenizer, *,
 
     import datasets
 
-    work_dir = tempfile.mkdtemp(dir=cache_dir, prefix=".datasets-work-")
+    for stale in remove_stale_temp_dirs(cache_dir):
+        log(f"note: removed {stale}, left by an interrupted cache build")
+    work_dir = str(temp_dir(cache_dir, "datasets-work"))
     bars_were_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:

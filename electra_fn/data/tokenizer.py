@@ -19,7 +19,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -30,7 +29,7 @@ import sentencepiece as spm
 from electra_fn.config import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
 from electra_fn.data.corpus import (expand_corpus_paths, file_sha256, read_documents,
                                     split_sentences)
-from electra_fn.rundir import write_atomic
+from electra_fn.rundir import remove_stale_temp_dirs, temp_dir, write_atomic
 
 # Bump when training settings change in a way the cache key does not capture.
 TOKENIZER_TRAIN_VERSION = 1
@@ -528,7 +527,9 @@ def train_tokenizer(corpus_paths: str | Sequence[str], vocab_size: int, cache_di
     assert all(tokenizer._sp.is_control(i) for i in (CLS_ID, SEP_ID, MASK_ID))
 
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=cache_dir, prefix=f".{final.name}.tmp-")
+    for stale in remove_stale_temp_dirs(cache_dir):
+        log(f"note: removed {stale}, left by an interrupted tokenizer build")
+    tmp = str(temp_dir(cache_dir, final.name))
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the cache is ordinary shared data
     try:
         tokenizer.save(tmp)
