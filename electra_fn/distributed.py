@@ -69,6 +69,19 @@ def world_from_env(env: dict | None = None) -> World | None:
     return World(rank, size, local, timeout_s)
 
 
+def resume_command(world: World | None, module: str, out, env: dict | None = None) -> str:
+    """The command that resumes the run in ``out`` as this job was started: ``python -m`` for
+    one process, ``torchrun --nproc_per_node N -m`` under torchrun (N from its
+    LOCAL_WORLD_SIZE; a job on several machines also needs its rendezvous flags again)."""
+    launch = "python -m"
+    if world is not None:
+        env = os.environ if env is None else env
+        per_node = int(env.get("LOCAL_WORLD_SIZE", world.size))
+        nodes = "" if per_node >= world.size else " --nnodes ... --rdzv-endpoint ..."
+        launch = f"torchrun{nodes} --nproc_per_node {per_node} -m"
+    return f"{launch} {module} --out {out} --resume"
+
+
 def is_lead(world: World | None) -> bool:
     """Whether this process writes the run's files: a single process, or rank 0."""
     return world is None or world.lead

@@ -243,7 +243,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     return train.pretrain_run(
         cfg, data, out, step_opts=step_opts, loop_opts=loop_opts, run_info=run_info,
         state=state, state_source=str(resume_from), step_fn=step_fn, t_start=t_start,
-        resume_hint=f"python -m experiments.pretrain_small --out {out} --resume", log=log)
+        resume_hint=distributed.resume_command(world, "experiments.pretrain_small", out), log=log)
 
 
 if __name__ == "__main__":

@@ -305,3 +305,13 @@ def test_a_rank_that_dies_or_hangs_ends_the_job_with_a_clear_error(tmp_path, cac
     paths = ckpt.list_checkpoints(out / "checkpoints")
     assert paths and all(ckpt.load_checkpoint(p)["step"] >= 1 for p in paths)
     assert not (out / "summary.json").exists()
+
+
+def test_resume_command_repeats_how_the_job_was_launched():
+    assert (distributed.resume_command(None, "experiments.pretrain_small", "runs/x")
+            == "python -m experiments.pretrain_small --out runs/x --resume")
+    world = distributed.World(rank=1, size=4, local_rank=1)
+    one_node = distributed.resume_command(world, "m", "o", env={"LOCAL_WORLD_SIZE": "4"})
+    assert one_node == "torchrun --nproc_per_node 4 -m m --out o --resume"
+    two_nodes = distributed.resume_command(world, "m", "o", env={"LOCAL_WORLD_SIZE": "2"})
+    assert two_nodes.startswith("torchrun --nnodes ") and "--nproc_per_node 2 -m m" in two_nodes
