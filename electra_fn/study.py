@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import checkpoint as ckpt
 from . import flops, rundir, runtime, train
-from .config import PretrainConfig
+from .config import ModelConfig, PretrainConfig
 from .reproduction import task_results
 
 # Held-out metrics of the final evaluation (eval.jsonl), as (key, label).
@@ -36,6 +36,22 @@ class Variant:
     model: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
     why: str = ""
+
+
+def base_recipe(flags: dict, model: dict, vocab_size: int, special_ids: dict) -> PretrainConfig:
+    """A study's baseline from a named configuration's flags (``preset``, ``batch_size``,
+    ``seq_len``, ``steps``; ``lr``, ``warmup``, ``bias_correction`` optional, as
+    ``experiments.pretrain_small`` resolves them), its model overrides, the tokenizer's
+    vocabulary size and special ids."""
+    batch = flags["batch_size"]
+    cfg = PretrainConfig(
+        model=ModelConfig.from_name(flags.get("preset", "small")).replace(
+            vocab_size=vocab_size, **model),
+        seq_len=flags["seq_len"], batch_size=batch, total_steps=flags["steps"],
+        learning_rate=flags.get("lr") or train.default_lr(batch), seed=0, **special_ids)
+    warmup, corrected = train.schedule_defaults(cfg.total_steps, flags.get("warmup"),
+                                                flags.get("bias_correction"))
+    return cfg.replace(warmup_steps=warmup, adam_bias_correction=corrected)
 
 
 def variant_config(base: PretrainConfig, variant: Variant, seed: int) -> PretrainConfig:

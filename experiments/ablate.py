@@ -21,7 +21,7 @@ from pathlib import Path
 
 from electra_fn import finetune as FT
 from electra_fn import glue_run, rundir, runtime, study, train
-from electra_fn.config import FinetuneConfig, ModelConfig, PretrainConfig
+from electra_fn.config import FinetuneConfig
 from electra_fn.runtime import UserError
 from experiments import configs
 
@@ -47,19 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cache-dir", default=CACHE, help="tokenizer/data cache")
     a("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
-
-
-def base_recipe(flags: dict, model: dict, tokenizer) -> PretrainConfig:
-    """The study's baseline: the configuration's flags with its model overrides."""
-    batch = flags["batch_size"]
-    base = ModelConfig.from_name(flags.get("preset", "small"))
-    cfg = PretrainConfig(model=base.replace(vocab_size=tokenizer.vocab_size, **model),
-                         seq_len=flags["seq_len"], batch_size=batch, total_steps=flags["steps"],
-                         learning_rate=flags.get("lr") or train.default_lr(batch),
-                         seed=0, **train.token_ids(tokenizer))
-    warmup, corrected = train.schedule_defaults(cfg.total_steps, flags.get("warmup"),
-                                                flags.get("bias_correction"))
-    return cfg.replace(warmup_steps=warmup, adam_bias_correction=corrected)
 
 
 def pick(given: str | None, known: list[str], what: str) -> list[str]:
@@ -117,7 +104,8 @@ def run_all(args, flags, spec, glue, variants, seeds, tasks, out, reported, log)
     data = train.load_data(flags["corpus"], tokenizer, seq_len=flags["seq_len"], seed=0,
                            cache_dir=args.cache_dir, valid=flags.get("valid"), num_proc=None,
                            log=log)
-    base = base_recipe(flags, spec.get("model", {}), tokenizer)
+    base = study.base_recipe(flags, spec.get("model", {}), tokenizer.vocab_size,
+                             train.token_ids(tokenizer))
     # On CUDA the eager step captured as a CUDA graph, as pre-training's default there.
     step_opts = train.StepOptions(device, amp, cuda_graph=device.type == "cuda")
     loop_opts = train.LoopOptions(plot=False)

@@ -254,3 +254,18 @@ def test_fault_injection_survives_kills(tmp_path):
     r = fault_injection.main(["--kills", "3", "--steps", "200", "--json", str(tmp_path / "f.json")])
     assert r["kills"] == 3 and r["params_identical"] and r["opt_state_identical"]
     assert r["eval_identical"]
+
+
+def test_variant_steps_times_every_variant_against_the_baseline(tmp_path):
+    from benchmarks import variant_steps
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "steps.json"
+    rows = variant_steps.main(["--study", "smoke", "--variants", "baseline,gdes", "--rounds",
+                               "2", "--steps", "1", "--dtype", "float32", "--json", str(out)])
+    assert [r["variant"] for r in rows] == ["baseline", "gdes"]
+    assert rows[0]["relative"] == 1.0 and rows[1]["ms_per_step"] > 0
+    assert rows[0]["steps_at_equal_flops"] == rows[1]["steps_at_equal_flops"] == 30
+    saved = orjson.loads(out.read_bytes())
+    assert saved["rows"] == rows and saved["provenance"]["commit"]
+    assert torch.get_num_threads() == threads  # the process's setting is given back
