@@ -27,7 +27,8 @@ EXIT_BAD_INPUT = 2
 def guarded(fn, *, debug: bool = False, errors: tuple = ()) -> int:
     """``fn()``'s exit code, with a user-facing failure (bad input, a missing or unreadable
     file, a full or read-only disk, and ``errors``) reported as one line on stderr and exit
-    code 2; ``debug`` lets the traceback through instead."""
+    code 2; a Ctrl-C that ``fn`` does not handle itself as one line and exit code 130;
+    ``debug`` lets the traceback through instead."""
     try:
         return fn()
     except (UserError, ValueError, OSError, *errors) as e:
@@ -35,6 +36,11 @@ def guarded(fn, *, debug: bool = False, errors: tuple = ()) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted (Ctrl-C); files already written are kept", file=sys.stderr)
+        return 130
 
 # -- device and dtype --------------------------------------------------------------------------
 

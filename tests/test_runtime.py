@@ -86,3 +86,13 @@ def test_provenance_names_the_commit_and_versions(tmp_path):
             head.stdout.strip()[:7] in p["commit"]
     assert runtime.git_describe(tmp_path) == "unknown"  # not a checkout
     assert runtime.fmt_time(59) == "0:59" and runtime.fmt_time(3725) == "1:02:05"
+
+
+def test_guarded_turns_a_ctrl_c_into_one_line_and_exit_130(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert runtime.guarded(interrupted) == 130
+    assert capsys.readouterr().err.startswith("interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        runtime.guarded(interrupted, debug=True)
