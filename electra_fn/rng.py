@@ -33,9 +33,9 @@ _ROWS: list = [None]  # (start, total) inside batch_rows()
 def counter_based(fused: bool = False):
     """Use the counter-based backend in eager mode too (bit-identical to compiled runs).
 
-    ``fused=True`` computes each draw's hash in one compiled kernel (``torch.compile`` of a
-    small function with a dynamic length, compiled once per process and device type) instead
-    of ~30 elementwise ops; the numbers are the same. Meant for steps captured as CUDA graphs
+    ``fused=True`` computes each draw's hash, and each ``fold_in`` of an int, in one compiled
+    kernel (``torch.compile`` of a small function with dynamic sizes, compiled once per
+    process and device type) instead of ~30 and ~25 elementwise ops; the numbers are the same. Meant for steps captured as CUDA graphs
     (:mod:`electra_fn.cuda_graph`), where the hash would otherwise dominate the replay."""
     old = _FORCE_COUNTER[0], _FUSED[0]
     _FORCE_COUNTER[0], _FUSED[0] = True, fused
@@ -89,7 +89,15 @@ def _key(seed):
 
 
 def _fold_in(k, data):
-    return _mix32((_mix32(k) + (data & _M32) * 0x165667B1 + 0x632BE5AB) & _M32)
+    return _fold_in_offset(k, _data_offset(data))
+
+
+def _data_offset(data):
+    return (data & _M32) * 0x165667B1 + 0x632BE5AB
+
+
+def _fold_in_offset(k, offset):
+    return _mix32((_mix32(k) + offset) & _M32)
 
 
 def _eager_cpu_scalar(k) -> bool:
@@ -114,6 +122,12 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
         # The same arithmetic on Python ints: one tensor instead of ~20 tiny tensor ops,
         # which were a visible share of an eager step's host time.
         return torch.tensor(_fold_in(int(k), data), dtype=torch.int64)
+    if isinstance(data, int) and _FUSED[0] and not torch.compiler.is_compiling():
+        # Captured steps: the ~25 0-d integer ops of the derivation as one compiled kernel,
+        # the int a symbolic scalar (no tensor from host data, one compile for every value).
+        # (Only the key is hashed in the kernel: Inductor's C++ backend emitted integer
+        # arithmetic on a symbolic int as float.)
+        return _fused(_fold_in_offset)(k, _data_offset(data))
     if isinstance(data, int) and not torch.compiler.is_compiling():
         # Eagerly a Python int stays a scalar operand: no tensor is made from host data (on a
         # GPU that is a copy, which CUDA graph capture forbids). The same int64 arithmetic.
@@ -181,14 +195,19 @@ def _uniform_flat(k: torch.Tensor, n: int) -> torch.Tensor:
     return _uniform_from_bits(bits(k, (n,), k.device))
 
 
-_FUSED_FN: list = []
+_FUSED_FN: dict = {}
+
+
+def _fused(fn):
+    """``fn`` compiled once per process, with dynamic sizes and ints (one kernel for every
+    shape and every folded-in value)."""
+    if fn not in _FUSED_FN:
+        _FUSED_FN[fn] = torch.compile(fn, fullgraph=True, dynamic=True)
+    return _FUSED_FN[fn]
 
 
 def _fused_uniform_flat():
-    """``_uniform_flat`` compiled once, with a dynamic length (one kernel for every shape)."""
-    if not _FUSED_FN:
-        _FUSED_FN.append(torch.compile(_uniform_flat, fullgraph=True, dynamic=True))
-    return _FUSED_FN[0]
+    return _fused(_uniform_flat)
 
 
 def gumbel(k: torch.Tensor, shape: tuple[int, ...],

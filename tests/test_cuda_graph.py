@@ -186,6 +186,43 @@ def test_fused_counter_noise_is_the_counter_noise():
         assert g.shape == w.shape and torch.equal(g, w)
 
 
+def test_fused_fold_in_is_the_counter_fold_in():
+    """Inside ``counter_based(fused=True)`` a fold_in of an int is one compiled kernel with the
+    int as a symbolic scalar: the same keys as the op-by-op arithmetic, for every value."""
+    k = rnglib.fold_in(rnglib.key(5), 9)
+    for data in (0, 1, 2, 17, 2**31 + 3, -1, -(2**40)):
+        with rnglib.counter_based():
+            want = rnglib.fold_in(k, data)
+        with rnglib.counter_based(fused=True):
+            got = rnglib.fold_in(k, data)
+        assert torch.equal(got, want) and got.dtype == torch.int64, data
+    assert torch.equal(want, rnglib.fold_in(k, data))  # = the eager host-int path
+
+
+def _zero_d_hash_ops(fused: bool) -> int:
+    """Top-level 0-d xor/shift kernels in one step as it is captured (the key derivations);
+    the autograd route, as on CUDA (a compiled kernel cannot run inside torch.func.grad)."""
+    step = pretrain.make_train_step(CFG, grad_route="autograd")
+    params = model.init_params(CFG.model, 0)
+    opt = pretrain.init_opt_state(params, CFG)
+    batch, key = _batch(2), pretrain.step_key(0, 1)
+    with cuda_graph.capture_mode(fused_rng=fused):
+        step(params, opt, batch, key)  # compiles the fused kernels outside the count
+        with torch.profiler.profile(record_shapes=True) as prof:
+            step(params, opt, batch, key)
+    return sum(1 for e in prof.events()
+               if e.name in ("aten::__xor__", "aten::__rshift__") and e.input_shapes
+               and all(s == [] for s in e.input_shapes if isinstance(s, list))
+               and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")))
+
+
+def test_a_captured_step_derives_its_keys_in_fused_kernels():
+    """The key derivations of a captured step (issue: ~630 0-d kernels of an H200 profile)
+    are no longer op-by-op integer hashing when the noise is fused."""
+    assert _zero_d_hash_ops(fused=False) > 100
+    assert _zero_d_hash_ops(fused=True) == 0
+
+
 def test_a_failed_capture_falls_back_to_the_same_step():
     """With on_capture_error, a capture that fails is reported once and the step runs
     uncaptured in capture mode: the same numbers as a capture would give."""
