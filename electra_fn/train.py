@@ -23,8 +23,8 @@ from typing import Callable
 import torch
 
 from . import checkpoint as ckpt
-from . import (compiling, cuda_graph, distributed, flops, heldout, hf, model, plotting,
-               pretrain, rundir, runtime)
+from . import (compile_cache, compiling, cuda_graph, distributed, flops, heldout, hf, model,
+               plotting, pretrain, rundir, runtime)
 from .budget import Pacer, StepBudget
 from .config import PretrainConfig
 from .data import pretrain_data as pdata
@@ -63,14 +63,16 @@ def schedule_defaults(total_steps: int, warmup: int | None = None,
 # -- the step ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StepOptions:
-    """How the train step runs: where, in which dtype (None = float32), as what, and on which
-    data-parallel rank (``world``, None for a single process)."""
+    """How the train step runs: where, in which dtype (None = float32), as what, on which
+    data-parallel rank (``world``, None for a single process), and the folder of portable
+    compile caches a compiled step starts from (:mod:`electra_fn.compile_cache`; None: none)."""
 
     device: torch.device = torch.device("cpu")
     amp: torch.dtype | None = None
     compile: bool = False
     cuda_graph: bool = False
     world: distributed.World | None = None
+    compile_cache: Path | None = None
 
     @property
     def mode(self) -> str:
@@ -79,7 +81,7 @@ class StepOptions:
 
 def step_options(device: torch.device, amp: torch.dtype | None, compile: bool,
                  cuda_graph: bool, world: distributed.World | None = None,
-                 log: Log = print) -> StepOptions:
+                 log: Log = print, compile_cache: Path | None = None) -> StepOptions:
     """The :class:`StepOptions` of a run; a data-parallel one runs the eager step (the CUDA
     graph, a default, is turned off with a note; ``compile`` is refused)."""
     if world is not None and compile:
@@ -88,7 +90,7 @@ def step_options(device: torch.device, amp: torch.dtype | None, compile: bool,
     if world is not None and cuda_graph:
         log("note: data-parallel runs use the eager step (no CUDA graph)")
         cuda_graph = False
-    return StepOptions(device, amp, compile, cuda_graph, world)
+    return StepOptions(device, amp, compile, cuda_graph, world, compile_cache)
 
 
 def make_step_fn(cfg: PretrainConfig, opts: StepOptions, log: Log = print) -> Callable:
@@ -97,13 +99,16 @@ def make_step_fn(cfg: PretrainConfig, opts: StepOptions, log: Log = print) -> Ca
     data-parallel rank, the eager step over its rows of the batch."""
     if opts.world is not None:
         distributed.shard_rows(cfg.batch_size, opts.world)  # a clear error before any step
+    route = pretrain.grad_route_for(opts.compile)
     step_fn = pretrain.make_train_step(cfg, amp_dtype=opts.amp, device_type=opts.device.type,
-                                       grad_route=pretrain.grad_route_for(opts.compile),
-                                       world=opts.world)
+                                       grad_route=route, world=opts.world)
     if opts.compile:
         log("compile: the train step is compiled as one graph on its first call, which takes "
             "minutes (no progress is shown meanwhile)")
-        return compiling.compile(step_fn)
+        key = compile_cache.cache_key(compile_cache.step_graph_config(
+            cfg, amp=opts.amp, grad_route=route, world_size=world_size(opts)), opts.device)
+        return compile_cache.warm_start(compiling.compile(step_fn), opts.compile_cache, key,
+                                        log, {"commit": runtime.git_describe()})
     if opts.cuda_graph:
         def capture_failed(e: BaseException) -> None:
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""

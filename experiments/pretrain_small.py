@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from electra_fn import checkpoint as ckpt
-from electra_fn import compiling, distributed, rundir, runtime, train
+from electra_fn import compile_cache, compiling, distributed, rundir, runtime, train
 from electra_fn.budget import StepBudget
 from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.data import pretrain_data as pdata
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--compile", dest="compile", action="store_true", default=None,
       help="torch.compile the train step as one graph (its first call compiles for minutes)")
     a("--no-compile", dest="compile", action="store_false")
+    a("--compile-cache", help="compile-cache dir (default: the repo's compile_cache/, none: off)")
     a("--cuda-graph", dest="cuda_graph", action="store_true", default=None,
       help="capture the eager step as one CUDA graph (default on CUDA unless --compile)")
     a("--no-cuda-graph", dest="cuda_graph", action="store_false")
@@ -200,7 +201,8 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         if state is None:
             raise
         raise UserError(f"{resume_from}: config does not describe a pre-training run ({e})")
-    step_opts = train.step_options(device, s["amp"], s["compile"], s["cuda_graph"], world, log)
+    step_opts = train.step_options(device, s["amp"], s["compile"], s["cuda_graph"], world, log,
+                                   compile_cache.resolve_dir(flags["compile_cache"]))
     corpus = s["corpus"] or [pdata.default_corpus_path()]
     if s["new"]:
         try:
@@ -222,7 +224,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
                            cache_dir=str(Path(args.cache_dir)), valid=s["valid"],
                            num_proc=flags["num_proc"], log=log)
     distributed.ready(world)  # rank 0 has the data cached: the other ranks read it
-    budget, step_fn = None, None
+    budget, step_fn, run_info = None, None, s.get("run")  # resumed: the run's own
     if s["new"]:
         budget = None if s["budget_s"] is None else StepBudget(s["budget_s"], cap=s["steps"])
         recipe = PretrainConfig(
@@ -235,8 +237,6 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             recipe, data, out, step_opts=step_opts, budget=budget, warmup=s["warmup"],
             bias_correction=s["bias_correction"], run_info=run_info, t_start=t_start,
             tokenizer=tokenizer, log=log)
-    else:
-        run_info = s["run"]
     log(train.describe(cfg, step_opts))
     loop_opts = train.LoopOptions(args.log_every, args.eval_every, args.save_every,
                                   args.max_bad_steps, args.stop_at_step, not args.no_plot, budget)

@@ -459,9 +459,13 @@ def test_compiled_bf16_run_on_cpu(tmp_path, cache, full_run, monkeypatch, backen
     real = compiling.compile
     monkeypatch.setattr(compiling, "compile", lambda fn, **kw: real(fn, backend=backend, **kw))
     out = tmp_path / "run"
-    r = _ok(_cli(out, cache, "--steps", 3, "--compile", "--dtype", "bf16"))
+    r = _ok(_cli(out, cache, "--steps", 3, "--compile", "--dtype", "bf16",
+                 "--compile-cache", tmp_path / "cc"))
     assert "bf16 autocast, compiled" in r.stdout
     assert "compiled as one graph on its first call" in r.stdout
+    # a miss is announced (never a silent compile); Inductor's artifacts are saved after it
+    assert f"compile cache: miss ({tmp_path / 'cc'}" in r.stdout and "is cold" in r.stdout
+    assert ("compile cache: saved" in r.stdout) == (backend == "inductor")
     run = orjson.loads((out / "config.json").read_bytes())["run"]
     assert run["compile"] is True and run["amp"] == "torch.bfloat16"
     rows = _rows(out / "metrics.jsonl")
