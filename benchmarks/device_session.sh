@@ -20,14 +20,22 @@
 #   ablate (only when named in STAGES): `python -m experiments.ablate` with ABLATE_STUDY (default
 #      gpu_ablate) and ABLATE_ARGS (e.g. --variants baseline,dropout-0); results.md,
 #      report.json, study.png and the runs' JSON in ablate.tar.gz.
+#   compile_cache (only when named in STAGES): the portable compile cache of the compiled step
+#      (electra_fn.compile_cache) through benchmarks/compile_time.py, which may compile on CUDA:
+#      a cold compile that saves the artifacts (limit: the time left less WARM_RESERVE), then a
+#      fresh process with empty caches that loads them; compile_cache-cold.json,
+#      compile_cache-warm.json, and compile_cache.tar (unpack into the repo's compile_cache/).
 # STAGES (default checks,bench,pretrain,compile) picks stages. Everything lands in $OUT (at most 8 files): card.txt session.log checks.json
 # throughput.json throughput.md traces.tar.gz pretrain.tar.gz compile.json
 #
 #   OUT=/tmp/out bash benchmarks/device_session.sh                  # on the GPU machine
+#   STAGES=checks,compile_cache CHECKS=compiled_diag OUT=/tmp/out bash benchmarks/device_session.sh
 #   DEVICE=cpu PRESET=tiny BATCH=8 LAYERS=1 CHECKS=graph,hf_parity COMPILE_MIN=100 \
 #     PRETRAIN_BUDGET=60 PRETRAIN_ARGS="--preset tiny --vocab-size 30522 --batch-size 8" \
 #     VARIANTS=hf-eager,ours-autograd-eager SESSION_S=420 OUT=/tmp/out \
 #     bash benchmarks/device_session.sh                             # dry run on CPU
+#   (the compile_cache stage on CPU: STAGES=compile_cache DEVICE=cpu PRESET=tiny LAYERS=1 BATCH=2
+#    DTYPE=float32 WARM_RESERVE=60 SESSION_S=1500 OUT=/tmp/out bash benchmarks/device_session.sh)
 #
 # Packages the GPU image lacks (orjson) travel as wheels in .whl/ (benchmarks/
 # fetch_device_wheels.sh); they are installed into /tmp/site first. The pre-training corpus
@@ -56,6 +64,7 @@ REPRO_CONFIG=${REPRO_CONFIG:-gpu_reproduce}
 REPRO_ARGS=${REPRO_ARGS:-}
 ABLATE_STUDY=${ABLATE_STUDY:-gpu_ablate}
 ABLATE_ARGS=${ABLATE_ARGS:-}
+WARM_RESERVE=${WARM_RESERVE:-150}  # compile_cache: seconds kept for the warm start
 GLUE_DIR=${GLUE_DIR:-.devdata/glue}
 CORPUS=${CORPUS:-.devdata/corpus}
 PY=${PYTHON:-python3}
@@ -189,6 +198,35 @@ stage reproduce && run_experiment reproduce "--config $REPRO_CONFIG $REPRO_ARGS"
 stage ablate && run_experiment ablate "--study $ABLATE_STUDY $ABLATE_ARGS" \
     "results.md report.json study.png */seed*/pretrain/config.json */seed*/pretrain/summary.json
      */seed*/pretrain/eval.jsonl */seed*/pretrain/metrics.jsonl */seed*/glue/*.json"
+
+# -- the portable compile cache: cold compile and save, then a warm start (named stage only) --
+L=$(( $(left) - WARM_RESERVE - 10 ))
+if ! stage compile_cache; then
+    :
+elif [ "$L" -ge 60 ]; then
+    say "== compile cache, $PRESET with $LAYERS layers, batch $BATCH, $DTYPE: cold (limit ${L}s)"
+    CC="$WORK/compile_cache"
+    CC_ARGS=(--preset "$PRESET" --layers "$LAYERS" --batch-size "$BATCH" --device "$DEVICE"
+             --dtype "$DTYPE" --warm-start "$CC")
+    "$PY" -m benchmarks.compile_time "${CC_ARGS[@]}" --phases cold --timeout "$L" \
+        --json "$OUT/compile_cache-cold.json" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { say "compile cache (cold) exit $rc"; status=1; }
+    if compgen -G "$CC/*/*/*.bin" > /dev/null; then
+        tar cf "$OUT/compile_cache.tar" -C "$CC" .
+        TAR_BYTES=$(stat -c %s "$OUT/compile_cache.tar")
+        say "compile_cache.tar: $TAR_BYTES bytes"
+        [ "$TAR_BYTES" -gt 16777216 ] && say "warning: compile_cache.tar is over 16 MiB: it will not come back"
+        L=$(( $(left) - 10 ))
+        say "== compile cache: warm start (limit ${L}s)"
+        "$PY" -m benchmarks.compile_time "${CC_ARGS[@]}" --phases warm --timeout "$L" \
+            --json "$OUT/compile_cache-warm.json" 2>&1 | tee -a "$LOG"
+        rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { say "compile cache (warm) exit $rc"; status=1; }
+    else
+        say "compile cache: nothing saved, no warm start"
+    fi
+else
+    say "== compile cache skipped: ${L}s left for the cold compile"
+fi
 
 # -- 4. cold compile of the training step, if there is time for it ---------------------------
 L=$(( $(left) - 10 ))
