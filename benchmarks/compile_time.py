@@ -69,6 +69,10 @@ params, opt, m = step(params, opt, data, pretrain.step_key(0, 0).to(device))
 sync()
 first = time.perf_counter() - t
 to_first_step = time.perf_counter() - T0
+if phase is not None:  # whether torch's caches hit (AOTAutograd's and Inductor's FX graphs)
+    from torch._dynamo.utils import counters
+    cache["cache_counters"] = {{k: v for part in ("aot_autograd", "inductor")
+                               for k, v in counters[part].items() if "cache" in k}}
 if phase == "cold":
     saved = compile_cache.save(cache_root, key, {{"compile_s": round(first, 1),
                                                 "made_by": "benchmarks.compile_time",
