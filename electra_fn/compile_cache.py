@@ -52,11 +52,8 @@ class CacheKey:
     digest: str
     torch_version: str
     device_kind: str
+    device_type: str  # torch.device(...).type: cpu, cuda, ...
     made_of: str
-
-    @property
-    def device_type(self) -> str:
-        return "cpu" if self.device_kind.startswith("cpu") else "cuda"
 
     def path(self, root: str | Path) -> Path:
         """The artifacts' file under ``root``; its JSON sidecar has the suffix ``.json``."""
@@ -103,7 +100,7 @@ def cache_key(graph: dict, device: torch.device | str, mode: str | None = None) 
         "graph": graph, "inductor": compiling.inductor_options(mode)},
         option=orjson.OPT_SORT_KEYS).decode()
     digest = hashlib.sha256(made_of.encode()).hexdigest()[:16]
-    return CacheKey(digest, torch.__version__, kind, made_of)
+    return CacheKey(digest, torch.__version__, kind, torch.device(device).type, made_of)
 
 
 def default_dir() -> Path | None:
@@ -155,7 +152,9 @@ def load(root: str | Path, key: CacheKey, log: Log = print) -> bool:
     if problem is not None:
         log(f"warning: compile cache: {path} unusable ({problem}); a miss: {cold_hint(key)}")
         return False
-    log(f"compile cache: hit ({path})")
+    log(f"compile cache: hit ({path})" + (
+        "; the C++ kernels are built again (records/2026-11-29_compile-cache-cpu)"
+        if key.device_type == "cpu" else ""))
     return True
 
 
