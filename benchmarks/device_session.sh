@@ -215,7 +215,8 @@ elif [ "$L" -ge 60 ]; then
         tar cf "$OUT/compile_cache.tar" -C "$CC" .
         TAR_BYTES=$(stat -c %s "$OUT/compile_cache.tar")
         say "compile_cache.tar: $TAR_BYTES bytes"
-        [ "$TAR_BYTES" -gt 16777216 ] && say "warning: compile_cache.tar is over 16 MiB: it will not come back"
+        [ "$TAR_BYTES" -gt 16777216 ] && say "warning: compile_cache.tar is over 16 MiB: it" \
+            "will not come back"
         L=$(( $(left) - 10 ))
         say "== compile cache: warm start (limit ${L}s)"
         "$PY" -m benchmarks.compile_time "${CC_ARGS[@]}" --phases warm --timeout "$L" \
