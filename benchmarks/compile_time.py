@@ -109,14 +109,14 @@ def measure(which: str, args, phase: str | None = None) -> dict:
                                   text=True, timeout=args.timeout)
         except subprocess.TimeoutExpired:
             # a compile still running at the limit is a result too: "not done in N s"
-            return {"which": which, "phase": phase,
-                    "error": f"not finished after --timeout {args.timeout:g} s",
-                    "timed_out_s": args.timeout}
+            return {"which": which, "error": f"not finished after --timeout {args.timeout:g} s",
+                    "timed_out_s": args.timeout, **({"phase": phase} if phase else {})}
     for line in proc.stderr.splitlines():  # the compile cache's hit / miss / saved lines
         if line.startswith(("compile cache:", "warning: compile cache:")):
             print(f"  {line}", flush=True)
     if proc.returncode != 0:
-        return {"which": which, "phase": phase, "error": proc.stderr.strip().splitlines()[-1:]}
+        return {"which": which, "error": proc.stderr.strip().splitlines()[-1:],
+                **({"phase": phase} if phase else {})}
     return orjson.loads(proc.stdout.strip().splitlines()[-1])
 
 
