@@ -568,3 +568,23 @@ def test_a_split_that_lost_its_header_keeps_its_first_row(tmp_path):
     assert [e.guid for e in G.read_split(tmp_path, "rte", "dev").examples] == ["0", "1"]
     write_tsv(tmp_path, "RTE", "dev", "index\tsentence1\tsentence2\tlabel\n" + rows)
     assert [e.guid for e in G.read_split(tmp_path, "rte", "dev").examples] == ["0", "1"]
+
+
+def test_glue_padding_counts_the_tokens_each_batch_order_computes():
+    """benchmarks.glue_padding: real tokens are the lengths times the epochs in both orders;
+    bucketed batches compute fewer padded tokens; random batches pair an example with the same
+    partner again about as often as chance, (batch - 1) / (rows - 1), bucketed ones far more."""
+    from benchmarks import glue_padding
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=400)
+    columns = {"input_ids": [list(range(5, 5 + n)) for n in lengths],
+               "token_type_ids": [[0] * n for n in lengths],
+               "labels": [int(i % 2) for i in range(len(lengths))]}
+    random, bucketed = (glue_padding.count(columns, 3, 16, b) for b in (False, True))
+    assert random["real_tokens"] == bucketed["real_tokens"] == 3 * int(lengths.sum())
+    assert bucketed["computed_tokens"] < 0.7 * random["computed_tokens"]
+    assert abs(random["pairs_batched_again"] - 15 / 399) < 0.02
+    assert bucketed["pairs_batched_again"] > 0.2
+    same = {k: [[7] * 10 for _ in range(64)] if k != "labels" else [0] * 64 for k in columns}
+    assert glue_padding.count(same, 2, 16, True)["computed_per_real"] == 1.0
