@@ -465,7 +465,7 @@ def test_compiled_bf16_run_on_cpu(tmp_path, cache, full_run, monkeypatch, backen
     assert "compiled as one graph on its first call" in r.stdout
     # a miss is announced (never a silent compile); Inductor's artifacts are saved after it
     assert f"compile cache: miss ({tmp_path / 'cc'}" in r.stdout and "is cold" in r.stdout
-    assert ("compile cache: saved" in r.stdout) == (backend == "inductor")
+    assert "compile cache: saved" in r.stdout or backend != "inductor"
     run = orjson.loads((out / "config.json").read_bytes())["run"]
     assert run["compile"] is True and run["amp"] == "torch.bfloat16"
     rows = _rows(out / "metrics.jsonl")
