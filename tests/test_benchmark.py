@@ -270,3 +270,15 @@ def test_variant_steps_times_every_variant_against_the_baseline(tmp_path):
     saved = orjson.loads(out.read_bytes())
     assert saved["rows"] == rows and saved["provenance"]["commit"]
     assert torch.get_num_threads() == threads  # the process's setting is given back
+
+
+def test_triton_interpret_says_what_it_needs_without_triton(capsys):
+    """benchmarks.triton_interpret is a diagnostic with an optional dependency: without triton
+    it names the package to install and exits 2 before touching any configuration."""
+    import importlib.util
+
+    from benchmarks import triton_interpret
+    if importlib.util.find_spec("triton") is not None:
+        pytest.skip("triton is installed here")
+    assert triton_interpret.main(["--checks", "compiled"]) == 2
+    assert "pip install triton" in capsys.readouterr().out
