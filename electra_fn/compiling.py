@@ -44,9 +44,12 @@ def inductor_options(mode: str | None = None, dynamic: bool | None = None) -> di
 CUDA_REFUSED = (
     "the compiled training step is refused on CUDA: on an NVIDIA H200 (torch 2.11) it "
     "disagreed with the eager step, loss off by 5.8e7 after two float32 steps (records/"
-    "2026-11-27_h200-session3/checks-compiled.json; the same check passes on the CPU), so its "
-    "numbers cannot be trusted there until that is found. On a GPU the default step, the eager "
-    "step captured as a CUDA graph, is checked against the eager step and needs no compile")
+    "2026-11-27_h200-session3/checks-compiled.json). The same check passes with Inductor's C++ "
+    "kernels on a CPU and fails with its Triton kernels run by Triton's interpreter on a CPU "
+    "(records/2026-11-29_triton-interpret-cpu): the fault is in the Triton path, so the "
+    "compiled step's numbers cannot be trusted on a GPU until it is found. On a GPU the "
+    "default step, the eager step captured as a CUDA graph, is checked against the eager "
+    "step and needs no compile")
 
 
 def check_device(device: torch.device | str) -> None:
