@@ -138,31 +138,31 @@ print(orjson.dumps({"logs": logs, "out": out.tolist(),
 """
 
 
-def test_round_trip_into_a_fresh_process(tmp_path, monkeypatch):
-    from electra_fn import compiling
-
+def test_round_trip_into_a_fresh_process(tmp_path):
+    """A fresh process with an empty Inductor cache compiles, misses and saves; a second fresh
+    process with another empty Inductor cache loads the file, hits torch's graph cache and
+    computes the same. (Both sides are fresh processes: torch keeps what a process compiled
+    earlier, so a cold side inside the test session would depend on the tests before it.)"""
     x, w = torch.arange(12.).reshape(3, 4), torch.arange(8.).reshape(4, 2)
-    key, logs = compile_cache.cache_key({"test": "matmul"}, "cpu"), []
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-cold"))
-    torch._dynamo.reset()
-    fn = compile_cache.warm_start(compiling.compile(lambda x, w: x @ w), tmp_path / "cc", key,
-                                  logs.append)
-    want = fn(x, w).tolist()
-    torch._dynamo.reset()
-    assert logs[0].startswith("compile cache: miss"), logs
-    assert any(m.startswith("compile cache: saved") for m in logs), logs
+    key = compile_cache.cache_key({"test": "matmul"}, "cpu")
+
+    def child(inductor_dir: str) -> dict:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / inductor_dir),
+                   PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+        r = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "cc")], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return orjson.loads(r.stdout.strip().splitlines()[-1])
+
+    cold = child("inductor-cold")
+    assert cold["logs"][0].startswith("compile cache: miss"), cold["logs"]
+    assert any(m.startswith("compile cache: saved") for m in cold["logs"]), cold["logs"]
     side = orjson.loads(key.path(tmp_path / "cc").with_suffix(".json").read_bytes())
     assert side["compile_s"] >= 0 and side["artifacts"].get("inductor", 0) >= 1
-
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor-warm"),
-               PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "cc")], env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    warm = orjson.loads(r.stdout.strip().splitlines()[-1])
+    warm = child("inductor-warm")
     assert warm["logs"][0].startswith(f"compile cache: hit ({key.path(tmp_path / 'cc')})")
     assert warm["hits"] == 1 and not any("saved" in m for m in warm["logs"])
-    assert warm["out"] == want == (x @ w).tolist()
+    assert warm["out"] == cold["out"] == (x @ w).tolist()
 
 
 def test_a_runs_compiled_step_looks_up_its_key(tmp_path):
