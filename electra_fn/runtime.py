@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -28,7 +30,11 @@ def guarded(fn, *, debug: bool = False, errors: tuple = ()) -> int:
     """``fn()``'s exit code, with a user-facing failure (bad input, a missing or unreadable
     file, a full or read-only disk, and ``errors``) reported as one line on stderr and exit
     code 2; a Ctrl-C that ``fn`` does not handle itself as one line and exit code 130;
-    ``debug`` lets the traceback through instead."""
+    ``debug`` lets the traceback through instead. A SIGINT that the process inherited as ignored
+    (a job started with ``&`` from a script) is restored, so ``kill -INT`` stops it as Ctrl-C."""
+    if (signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            and threading.current_thread() is threading.main_thread()):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return fn()
     except (UserError, ValueError, OSError, *errors) as e:

@@ -96,3 +96,23 @@ def test_guarded_turns_a_ctrl_c_into_one_line_and_exit_130(capsys):
     assert capsys.readouterr().err.startswith("interrupted")
     with pytest.raises(KeyboardInterrupt):
         runtime.guarded(interrupted, debug=True)
+
+
+def test_guarded_restores_an_inherited_ignored_sigint():
+    """A process started with SIGINT ignored (``&`` from a script) still stops on SIGINT inside
+    ``guarded``: one line and exit 130, not a run that ignores ``kill -INT``."""
+    import signal
+    import sys
+
+    code = ("import os, signal, time\n"
+            "from electra_fn import runtime\n"
+            "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+            "def fn():\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(30)\n"
+            "    return 0\n"
+            "raise SystemExit(runtime.guarded(fn))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "interrupted (Ctrl-C)" in r.stderr
