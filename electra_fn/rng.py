@@ -35,8 +35,9 @@ def counter_based(fused: bool = False):
 
     ``fused=True`` computes each draw's hash, and each ``fold_in`` of an int, in one compiled
     kernel (``torch.compile`` of a small function with dynamic sizes, compiled once per
-    process and device type) instead of ~30 and ~25 elementwise ops; the numbers are the same. Meant for steps captured as CUDA graphs
-    (:mod:`electra_fn.cuda_graph`), where the hash would otherwise dominate the replay."""
+    process and device type) instead of ~30 and ~25 elementwise ops; the numbers are the
+    same. Meant for steps captured as CUDA graphs (:mod:`electra_fn.cuda_graph`), where the
+    hash would otherwise dominate the replay."""
     old = _FORCE_COUNTER[0], _FUSED[0]
     _FORCE_COUNTER[0], _FUSED[0] = True, fused
     try:
@@ -163,7 +164,7 @@ def uniform(k: torch.Tensor, shape: tuple[int, ...],
         return _rows_of_draw(k, tuple(shape), device, *rows)
     if _use_counter():
         if _FUSED[0] and not torch.compiler.is_compiling():
-            return _fused_uniform_flat()(k.to(device), math.prod(shape)).reshape(shape)
+            return _fused(_uniform_flat)(k.to(device), math.prod(shape)).reshape(shape)
         return _uniform_from_bits(bits(k, shape, device))
     gen = torch.Generator(device=device).manual_seed(int(k))
     u = torch.rand(shape, generator=gen, device=device, dtype=torch.float32)
@@ -204,10 +205,6 @@ def _fused(fn):
     if fn not in _FUSED_FN:
         _FUSED_FN[fn] = torch.compile(fn, fullgraph=True, dynamic=True)
     return _FUSED_FN[fn]
-
-
-def _fused_uniform_flat():
-    return _fused(_uniform_flat)
 
 
 def gumbel(k: torch.Tensor, shape: tuple[int, ...],
