@@ -5,11 +5,13 @@
     python -m benchmarks.compile_time --layers 12 --which library --device cuda --dtype bf16
     python -m benchmarks.compile_time --preset tiny --layers 1 --warm-start /tmp/cc  # cold, warm
     python -m benchmarks.compile_time --warm-start compile_cache --phases warm  # committed cache
+    python -m benchmarks.compile_time --which library --dropout 0.1,0  # the dropout sites' cost
 
 Each measurement runs in a fresh subprocess with its own empty Inductor (and Triton) cache
 directory, so it is a cold compile (nothing reused from an earlier run). Prints, per variant, the
-first call (trace + lowering + kernel compilation + one step), the median of a few later steps
-and the loss, and with ``--json`` writes them (orjson).
+first call (trace + lowering + kernel compilation + one step), the number of kernels Inductor
+generated, the median of a few later steps and the loss, and with ``--json`` writes them
+(orjson). ``--dropout`` sets the hidden and attention dropout (one measurement per rate given).
 
 ``--warm-start DIR`` measures the portable compile cache (:mod:`electra_fn.compile_cache`) of
 the ``library`` variant instead: phase ``cold`` compiles as above and saves the artifacts into
@@ -35,9 +37,10 @@ from benchmarks.workload import synthetic_batch
 from electra_fn import compile_cache, compiling, model, pretrain, runtime
 from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.tree import tree_map
-which, preset, layers, batch, device, dtype, cache_root, phase = {args!r}
+which, preset, layers, batch, device, dtype, cache_root, phase, dropout = {args!r}
 device = torch.device(device)
-mcfg = ModelConfig.from_name(preset, num_layers=layers)
+rates = {{}} if dropout is None else {{"hidden_dropout": dropout, "attention_dropout": dropout}}
+mcfg = ModelConfig.from_name(preset, num_layers=layers, **rates)
 cfg = PretrainConfig(model=mcfg, seq_len=128, batch_size=batch, total_steps=1000,
                      warmup_steps=100)
 params = tree_map(lambda t: t.to(device), model.init_params(mcfg, 0))
@@ -68,6 +71,8 @@ t = time.perf_counter()
 params, opt, m = step(params, opt, data, pretrain.step_key(0, 0).to(device))
 sync()
 first = time.perf_counter() - t
+from torch._inductor import metrics as inductor_metrics
+kernels = inductor_metrics.generated_kernel_count
 to_first_step = time.perf_counter() - T0
 if phase is not None:  # whether torch's caches hit (AOTAutograd's and Inductor's FX graphs)
     from torch._dynamo.utils import counters
@@ -84,15 +89,16 @@ for i in range(3):
     params, opt, m = step(params, opt, data, pretrain.step_key(0, i + 1).to(device))
     sync()
     times.append(time.perf_counter() - t)
-print(orjson.dumps({{"which": which, "first_call_s": first, "to_first_step_s": to_first_step,
+print(orjson.dumps({{"which": which, "dropout": dropout, "kernels": kernels, "first_call_s": first, "to_first_step_s": to_first_step,
                     "step_ms": 1000 * statistics.median(times),
                     "loss": float(m["loss"]), **cache}}).decode())
 """
 
 
-def measure(which: str, args, phase: str | None = None) -> dict:
+def measure(which: str, args, phase: str | None = None, dropout: float | None = None) -> dict:
     """One compile in a fresh process with empty Inductor and Triton caches; ``phase`` (cold or
-    warm) saves or loads the portable compile cache in ``args.warm_start``."""
+    warm) saves or loads the portable compile cache in ``args.warm_start``; ``dropout`` (hidden
+    and attention) overrides the preset's."""
     import orjson
 
     with tempfile.TemporaryDirectory(prefix="inductor-cold-") as tmp:
@@ -103,7 +109,7 @@ def measure(which: str, args, phase: str | None = None) -> dict:
                    TRITON_CACHE_DIR=os.path.join(cache, "triton"))
         root = str(args.warm_start) if phase else None
         code = CHILD.format(args=(which, args.preset, args.layers, args.batch_size,
-                                  args.device, args.dtype, root, phase))
+                                  args.device, args.dtype, root, phase, dropout))
         try:
             proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                   text=True, timeout=args.timeout)
@@ -146,6 +152,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["float32", "bf16"], default="float32")
+    ap.add_argument("--dropout", default=None,
+                    help="comma-separated dropout rates (hidden and attention), one compile "
+                         "each; default: the preset's")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--cache-dir", type=Path, default=None,
@@ -170,17 +179,26 @@ def main(argv=None) -> int:
             ap.error("--warm-start measures the library variant in fresh caches: drop --which "
                      "and --cache-dir")
         names = ["library"]
+    try:
+        rates = [None] if args.dropout is None else [float(r) for r in args.dropout.split(",")]
+    except ValueError:
+        ap.error(f"--dropout {args.dropout}: expected comma-separated numbers, e.g. 0.1,0")
+    if [r for r in rates if r is not None and not 0.0 <= r < 1.0]:
+        ap.error(f"--dropout {args.dropout}: each rate must be in [0, 1)")
     rows = []
     for name in names:
         for phase in phases:
-            r = measure(name, args, phase)
-            rows.append(r)
-            label = name if phase is None else f"{name} {phase}"
-            if "error" in r:
-                print(f"{label:8s} failed: {r['error']}", flush=True)
-            else:
-                print(f"{label:8s} first call {r['first_call_s']:7.1f} s, step "
-                      f"{r['step_ms']:8.1f} ms, loss {r['loss']:.4f}", flush=True)
+            for rate in rates:
+                r = measure(name, args, phase, rate)
+                rows.append(r)
+                label = name if phase is None else f"{name} {phase}"
+                label += "" if rate is None else f" dropout {rate:g}"
+                if "error" in r:
+                    print(f"{label:8s} failed: {r['error']}", flush=True)
+                else:
+                    print(f"{label:8s} first call {r['first_call_s']:7.1f} s, "
+                          f"{r['kernels']} kernels, step {r['step_ms']:8.1f} ms, "
+                          f"loss {r['loss']:.4f}", flush=True)
     if args.warm_start is not None:
         print_cache_table(rows)
     if args.json:

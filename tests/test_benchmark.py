@@ -208,10 +208,12 @@ def test_compile_time_records_a_compile_cut_off_at_its_limit(tmp_path, monkeypat
     the JSON, with the cache directory it compiled into; the exit status says it failed."""
     ct = compile_time
     seen = {}
+    real_run = subprocess.run
 
-    def run(cmd, env=None, **kw):  # the compile's child (and git, for the JSON's provenance)
-        if env is not None:
-            seen["cache"] = env["TORCHINDUCTOR_CACHE_DIR"]
+    def run(cmd, env=None, **kw):  # the compile's child; git and uname (provenance) run
+        if env is None:
+            return real_run(cmd, **kw)
+        seen["cache"] = env["TORCHINDUCTOR_CACHE_DIR"]
         raise subprocess.TimeoutExpired(cmd, kw["timeout"])
 
     monkeypatch.setattr(ct.subprocess, "run", run)
@@ -226,6 +228,30 @@ def test_compile_time_records_a_compile_cut_off_at_its_limit(tmp_path, monkeypat
                             "timed_out_s": 7.0}]
     with pytest.raises(SystemExit):
         ct.main(["--which", "library,bogus"])
+
+
+def test_compile_time_compiles_once_per_dropout_rate(monkeypatch, capsys):
+    """--dropout 0.1,0 compiles twice, each child building its model with that rate (hidden and
+    attention); a rate outside [0, 1) is refused before any compile."""
+    ct = compile_time
+    rates = []
+
+    def run(cmd, env=None, **kw):
+        line = next(x for x in cmd[-1].splitlines() if x.startswith("which, preset"))
+        rates.append(eval(line.split("=", 1)[1])[-1])  # noqa: S307 (our own repr)
+        out = orjson.dumps({"which": "library", "dropout": rates[-1], "kernels": 7,
+                            "first_call_s": 1.0, "to_first_step_s": 2.0, "step_ms": 3.0,
+                            "loss": 4.0}).decode()
+        return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(ct.subprocess, "run", run)
+    assert ct.main(["--which", "library", "--dropout", "0.1,0"]) == 0
+    assert rates == [0.1, 0.0]
+    printed = capsys.readouterr().out
+    assert "dropout 0.1 first call" in printed and "dropout 0 first call" in printed
+    with pytest.raises(SystemExit):
+        ct.main(["--which", "library", "--dropout", "1.5"])
+    assert rates == [0.1, 0.0]
 
 
 # -- layout -------------------------------------------------------------------------------
@@ -282,3 +308,4 @@ def test_triton_interpret_says_what_it_needs_without_triton(capsys):
         pytest.skip("triton is installed here")
     assert triton_interpret.main(["--checks", "compiled"]) == 2
     assert "pip install triton" in capsys.readouterr().out
+
