@@ -119,7 +119,7 @@ def default_grad_route(mode: CompileMode) -> str:
 def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_labels: int,
                        is_regression: bool, total_steps: int, *,
                        amp_dtype: torch.dtype | None = None, device_type: str = "cpu",
-                       grad_route: str = "func", foreach: bool = True) -> Callable:
+                       grad_route: str = "func", foreach: bool | None = None) -> Callable:
     """Build the pure ``step(ft_params, opt_state, batch, key)`` (wrap with :func:`compile_fn`).
 
     ``batch`` holds input_ids, token_type_ids, attention_mask [B, L] and labels [B] (int64
@@ -127,7 +127,8 @@ def make_finetune_step(model_cfg: ModelConfig, ft_cfg: FinetuneConfig, num_label
     are 0-d tensors: loss, grad_norm, lr (and accuracy for classification).
     ``amp_dtype=torch.bfloat16`` runs the network under autocast (float32 master weights,
     optimizer and loss); ``grad_route`` as in :func:`electra_fn.pretrain.grad_fn`;
-    ``foreach=False`` updates leaf by leaf, as ``torch.func.vmap`` needs (:func:`train_seeds`).
+    ``foreach=False`` updates leaf by leaf, as ``torch.func.vmap`` needs (:func:`train_seeds`);
+    None as :func:`electra_fn.optim.multi_tensor`.
     """
     if is_regression and num_labels != 1:
         raise ValueError(f"regression needs num_labels=1, got {num_labels}")

@@ -3,6 +3,12 @@
 The update is written for lists of tensors (out-of-place ``torch._foreach_*`` ops, which
 return new lists) and lifted to pytrees with :mod:`electra_fn.tree`. Scalars that change
 every step (the learning rate) are 0-d tensors so a compiled step never recompiles.
+
+Under ``torch.compile`` the same updates are written one op per leaf (``foreach=None``, the
+default, decides): Inductor (torch 2.11-2.13) fuses the producer of a scalar that every
+sub-kernel of a multi-tensor kernel reads (the learning rate, once realised as a buffer) into
+the sub-kernel of a one-element leaf, and the other leaves then read it before it is written:
+the compiled step's wrong updates on CUDA (records/2026-11-29_triton-interpret-cpu).
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ class _ListOps:
     (``foreach=True``), or one op per tensor, which ``torch.func.vmap`` can batch (it has no
     rules for the multi-tensor ops)."""
 
-    def __init__(self, foreach: bool):
-        self.foreach = foreach
+    def __init__(self, foreach: bool | None):
+        self.foreach = multi_tensor(foreach)
 
     def __getattr__(self, name: str):
         if self.foreach:
@@ -32,6 +38,12 @@ class _ListOps:
             others = [o if isinstance(o, (list, tuple)) else [o] * len(xs) for o in others]
             return [op(x, *rest, **kw) for x, *rest in zip(xs, *others)]
         return per_tensor
+
+
+def multi_tensor(foreach: bool | None = None) -> bool:
+    """Whether list updates use ``torch._foreach_*`` kernels: ``foreach``, or when None, eagerly
+    yes and under ``torch.compile`` no (one op per leaf; see the module docstring)."""
+    return not torch.compiler.is_compiling() if foreach is None else foreach
 
 
 def adamw_init(params: Tree) -> dict:
@@ -55,7 +67,7 @@ def adamw_update(params: Tree, grads: Tree, state: dict, lr: torch.Tensor, *,
                  weight_decay: float = 0.01, decay_mask: Tree | None = None,
                  lr_scale: Tree | None = None,
                  bias_correction_step: torch.Tensor | None = None,
-                 foreach: bool = True) -> tuple[Tree, dict]:
+                 foreach: bool | None = None) -> tuple[Tree, dict]:
     """One step of AdamWeightDecayOptimizer: Adam without bias correction, decoupled decay.
 
     m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;  u = m / (sqrt(v) + eps) [+ wd p];
@@ -68,7 +80,8 @@ def adamw_update(params: Tree, grads: Tree, state: dict, lr: torch.Tensor, *,
     ``params`` of Python constants, or None for "decay everything" / "scale 1". Every leaf
     of ``grads`` must be a tensor (the original skips None grads; we never produce them).
     Moments are float32 (from :func:`adamw_init`); the new params keep each param's dtype.
-    ``foreach=False`` runs one op per leaf (the same numbers; what ``vmap`` needs).
+    ``foreach=False`` runs one op per leaf (the same numbers; what ``vmap`` needs); None
+    chooses by :func:`multi_tensor`.
     """
     ops = _ListOps(foreach)
     p_leaves, spec = tree_flatten(params)
@@ -134,16 +147,16 @@ def default_decay_mask(params: Tree) -> Tree:
     return tree_map_with_path(decays, params)
 
 
-def global_norm(tree: Tree, foreach: bool = True) -> torch.Tensor:
+def global_norm(tree: Tree, foreach: bool | None = None) -> torch.Tensor:
     """sqrt of the sum of squares of every element of every leaf (float32, 0-d)."""
     leaves = [x.to(torch.float32) for x in tree_leaves(tree)]
-    norms = (torch._foreach_norm(leaves) if foreach
+    norms = (torch._foreach_norm(leaves) if multi_tensor(foreach)
              else [torch.linalg.vector_norm(x) for x in leaves])
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def clip_by_global_norm(grads: Tree, max_norm: float | torch.Tensor,
-                        foreach: bool = True) -> tuple[Tree, torch.Tensor]:
+                        foreach: bool | None = None) -> tuple[Tree, torch.Tensor]:
     """tf.clip_by_global_norm: g * max_norm / max(norm, max_norm); returns (clipped, norm).
 
     The original clips with max_norm 1.0 (optimization.create_optimizer). A non-finite norm
@@ -156,7 +169,7 @@ def clip_by_global_norm(grads: Tree, max_norm: float | torch.Tensor,
     else:  # a number stays a scalar operand (no tensor made from host data on the device)
         factor = max_norm / norm.clamp_min(max_norm)
     factor = factor + (norm - norm)  # NaN when norm is inf/NaN, as tf.clip_by_global_norm
-    if foreach and all(g.dtype == torch.float32 for g in leaves):  # one multi-tensor op
+    if multi_tensor(foreach) and all(g.dtype == torch.float32 for g in leaves):
         clipped = list(torch._foreach_mul(leaves, factor))
     else:
         clipped = [(g.to(torch.float32) * factor).to(g.dtype) for g in leaves]
