@@ -2,7 +2,8 @@
 # The whole GPU measurement as one time-limited script, in stages with their own limits (a slow
 # stage cannot eat the next one's time; every stage writes its own files):
 #   1. device checks of benchmarks/gpu_checks.py (default: the CUDA-graph step against the same
-#      step run op by op, HF parity, and the data-parallel step on one NCCL rank);
+#      step run op by op, HF parity, the compiled step against eager (2 layers, ~90 s on an
+#      H200), and the data-parallel step on one NCCL rank);
 #   2. the throughput benchmark against Hugging Face with a profile (default variants: HF eager,
 #      our eager step, our CUDA-graph step);
 #   3. a pre-training run of `python -m experiments.pretrain_small` on the GPU (its default
@@ -51,8 +52,8 @@ LAYERS=${LAYERS:-12}
 BATCH=${BATCH:-128}
 DTYPE=${DTYPE:-bf16}
 STAGES=${STAGES:-checks,bench,pretrain,compile}  # the stages to run, in this order
-CHECKS=${CHECKS:-graph,hf_parity,data_parallel}
-CHECKS_LIMIT=${CHECKS_LIMIT:-120}
+CHECKS=${CHECKS:-graph,hf_parity,compiled,data_parallel}
+CHECKS_LIMIT=${CHECKS_LIMIT:-240}
 VARIANTS=${VARIANTS:-hf-eager,ours-autograd-eager,ours-autograd-graph}
 SESSION_S=${SESSION_S:-540}      # the whole session; the last stages get what is left of it
 COMPILE_MIN=${COMPILE_MIN:-240}
