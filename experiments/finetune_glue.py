@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from electra_fn.runtime import UserError, resolve_amp, resolve_device
+    from electra_fn.runtime import resolve_amp, resolve_device
     device = resolve_device(args.device)
     args.device = str(device)
     amp = resolve_amp(args.dtype, device)
@@ -149,11 +149,8 @@ def run(args: argparse.Namespace) -> int:
     FT.max_len_for(model_cfg, ft_cfg)  # raises for a --max-len the model cannot take
     mode = (FT.default_compile_mode(args.device) if args.compile == "auto" else args.compile)
     mode = "eager" if args.no_compile else mode
-    if mode != "eager":
-        try:
-            compiling.check_device(args.device)
-        except ValueError as e:
-            raise UserError(f"--compile {mode}: {e}") from None
+    if mode != "eager" and (note := compiling.device_note(args.device)):
+        print(f"note: --compile {mode}: {note}", file=sys.stderr)
     from electra_fn.glue_run import GlueOptions, run_glue
 
     seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from electra_fn import checkpoint as ckpt
-from electra_fn import compile_cache, compiling, distributed, rundir, runtime, train
+from electra_fn import compile_cache, distributed, rundir, runtime, train
 from electra_fn.budget import StepBudget
 from electra_fn.config import ModelConfig, PretrainConfig
 from electra_fn.data import pretrain_data as pdata
@@ -131,11 +131,6 @@ def resolve(flags: dict, device, saved: dict | None = None, source: str = "check
         if k in f and not (math.isfinite(f[k]) and f[k] > 0):
             raise UserError(f"--{k.replace('_', '-')} {f[k]}: must be a positive number")
     use_compile = bool(f.get("compile"))
-    if use_compile:
-        try:
-            compiling.check_device(device)
-        except ValueError as e:
-            raise UserError(f"--compile: {e}")
     graph = resolve_graph(f.get("cuda_graph"), use_compile, device)
     if saved is None:
         if "tokenizer" in f and "vocab_size" in f:

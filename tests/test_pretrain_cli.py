@@ -366,8 +366,8 @@ def test_cuda_graph_needs_cuda(tmp_path):
 def test_step_mode_resolution():
     """The CUDA-graph step is the default for an eager step on CUDA; --compile or another
     device turn it off; asking for it where it cannot run is an error that says why. A
-    compiled step is refused on CUDA with the measured reason."""
-    from electra_fn import compiling
+    compiled step on CUDA is noted with what it has been checked by."""
+    from electra_fn import compiling, train
     from experiments.pretrain_small import UserError, resolve_graph
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -379,9 +379,14 @@ def test_step_mode_resolution():
         resolve_graph(True, False, cpu)
     with pytest.raises(UserError, match="choose one"):
         resolve_graph(True, True, cuda)
-    with pytest.raises(ValueError, match="refused on CUDA"):
-        compiling.check_device("cuda:0")
-    compiling.check_device("cpu")
+    said = []
+    opts = train.step_options(cuda, None, True, False, log=said.append)
+    assert opts.compile and said == [f"note: {compiling.CUDA_NOTE}"]
+    assert "not yet on a GPU" in said[0] and "gpu_checks --checks compiled" in said[0]
+    said.clear()
+    train.step_options(cpu, None, True, False, log=said.append)
+    train.step_options(cuda, None, False, True, log=said.append)
+    assert said == [] and compiling.device_note("cuda:0") and not compiling.device_note("cpu")
 
 
 def test_missing_corpus(bad_runs):
