@@ -1,8 +1,10 @@
 """Eager vs compiled (Triton kernels interpreted on the CPU), step by step, per metric and leaf.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python records/2026-11-29_triton-interpret-cpu/steps_by_step.py PRESET LAYERS BATCH SEQ [STEPS]
+
+Inductor options for the compiled step come from the JSON in $INDUCTOR_OPTS (default: none).
 """
-import sys, time
+import json, os, sys, time
 from benchmarks import triton_interpret
 triton_interpret.install_shims()
 import torch
@@ -17,7 +19,9 @@ params = model.init_params(mcfg, 0)
 batch = synthetic_batch(cfg, torch.device("cpu"), seed=1)
 opt = pretrain.init_opt_state(params, cfg)
 eager = pretrain.make_train_step(cfg, device_type="cpu")
-compiled = torch.compile(pretrain.make_train_step(cfg, device_type="cpu"), fullgraph=True)
+options = json.loads(os.environ.get("INDUCTOR_OPTS", "{}"))
+print("inductor options:", options, flush=True)
+compiled = torch.compile(pretrain.make_train_step(cfg, device_type="cpu"), fullgraph=True, options=options)
 pe, oe = params, opt
 pc, oc = tree_map(torch.clone, (params, opt))
 def top(a, b):
