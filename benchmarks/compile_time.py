@@ -89,7 +89,8 @@ for i in range(3):
     params, opt, m = step(params, opt, data, pretrain.step_key(0, i + 1).to(device))
     sync()
     times.append(time.perf_counter() - t)
-print(orjson.dumps({{"which": which, "dropout": dropout, "kernels": kernels, "first_call_s": first, "to_first_step_s": to_first_step,
+print(orjson.dumps({{"which": which, "dropout": dropout, "kernels": kernels,
+                    "first_call_s": first, "to_first_step_s": to_first_step,
                     "step_ms": 1000 * statistics.median(times),
                     "loss": float(m["loss"]), **cache}}).decode())
 """

@@ -85,11 +85,11 @@ def step_options(device: torch.device, amp: torch.dtype | None, compile: bool,
     """The :class:`StepOptions` of a run; a data-parallel one runs the eager step (the CUDA
     graph, a default, is turned off with a note; ``compile`` is refused). A compiled step on
     CUDA gets :data:`electra_fn.compiling.CUDA_NOTE`, what it has been checked by."""
-    if compile and (note := compiling.device_note(device)):
-        log(f"note: {note}")
     if world is not None and compile:
         raise runtime.UserError("--compile under torchrun: data-parallel runs use the eager "
                                 "step (run without --compile)")
+    if compile and (note := compiling.device_note(device)):
+        log(f"note: {note}")
     if world is not None and cuda_graph:
         log("note: data-parallel runs use the eager step (no CUDA graph)")
         cuda_graph = False

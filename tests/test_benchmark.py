@@ -308,4 +308,3 @@ def test_triton_interpret_says_what_it_needs_without_triton(capsys):
         pytest.skip("triton is installed here")
     assert triton_interpret.main(["--checks", "compiled"]) == 2
     assert "pip install triton" in capsys.readouterr().out
-
