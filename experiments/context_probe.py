@@ -33,6 +33,8 @@ VARIANTS: dict[str, dict] = {
     "short-run": {},
     "init-normal": {"model": {"init": "normal"}},
     "original": {"adam_bias_correction": False, "warmup_steps": 2.0, "total_steps": 200.0},
+    "original-corrected": {"warmup_steps": 2.0, "total_steps": 200.0},  # its schedule only
+    "lr-x0.25": {"learning_rate": 5e-4},
     "no-context": {"model": {"disc_context": "self"}},
     "gen-1/4": {"model": {"generator_multiplier": 0.25}},
     "gen-1/1": {"model": {"generator_multiplier": 1.0}},

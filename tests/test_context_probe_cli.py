@@ -30,5 +30,8 @@ def test_variant_config_scales_relative_settings_and_rejects_unknown_names():
     assert (cfg.warmup_steps, cfg.total_steps, cfg.adam_bias_correction) == (1000, 100_000,
                                                                               False)
     assert context_probe.variant_config("gen-delay-20%", 500, 64, 32).gen_delay_steps == 100
+    corrected = context_probe.variant_config("original-corrected", 500, 64, 32)
+    assert corrected == cfg.replace(adam_bias_correction=True)  # the schedule alone
+    assert context_probe.variant_config("lr-x0.25", 500, 64, 32).learning_rate == 5e-4
     with pytest.raises(SystemExit, match="unknown variant"):
         context_probe.variant_config("bigger", 500, 64, 32)
