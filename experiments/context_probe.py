@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict] = {
     "original-corrected": {"warmup_steps": 2.0, "total_steps": 200.0},  # its schedule only
     "lr-x0.25": {"learning_rate": 5e-4},
     "no-context": {"model": {"disc_context": "self"}},
+    "heads-1": {"model": {"num_heads": 1}},
+    "heads-4": {"model": {"num_heads": 4}},
     "gen-1/4": {"model": {"generator_multiplier": 0.25}},
     "gen-1/1": {"model": {"generator_multiplier": 1.0}},
     "gen-weight-0.1": {"gen_weight": 0.1},

@@ -33,5 +33,7 @@ def test_variant_config_scales_relative_settings_and_rejects_unknown_names():
     corrected = context_probe.variant_config("original-corrected", 500, 64, 32)
     assert corrected == cfg.replace(adam_bias_correction=True)  # the schedule alone
     assert context_probe.variant_config("lr-x0.25", 500, 64, 32).learning_rate == 5e-4
+    heads = context_probe.variant_config("heads-1", 500, 64, 32).model
+    assert (heads.discriminator.num_heads, heads.hidden_size) == (1, 64)
     with pytest.raises(SystemExit, match="unknown variant"):
         context_probe.variant_config("bigger", 500, 64, 32)
