@@ -141,6 +141,12 @@ def save_checkpoint(directory: str | os.PathLike, *, params: dict, opt_state: di
     return final
 
 
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step in a checkpoint file's name (``step_00001200.pt`` -> 1200); None otherwise."""
+    m = _NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     """Complete checkpoint files in ``directory``, oldest first (temporary files ignored)."""
     directory = Path(directory)

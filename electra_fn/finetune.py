@@ -22,6 +22,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
+from . import checkpoint as ckpt
 from . import compiling, losses, model, optim
 from .rng import step_key
 from .config import FinetuneConfig, ModelConfig
@@ -587,18 +588,35 @@ def collect_results(out_dir: str | Path) -> tuple[dict[str, float], dict[str, in
 
 # -- checkpoints and tokenizers -----------------------------------------------------------
 def resolve_checkpoint(directory: str | Path) -> Path:
-    """``DIR/hf/discriminator`` (our pre-training output), else ``DIR/discriminator``, else
-    ``DIR`` (a Hugging Face ELECTRA directory)."""
+    """``DIR/hf/discriminator`` (our finished pre-training output), else ``DIR/discriminator``,
+    else ``DIR`` (a Hugging Face ELECTRA directory), else the newest training checkpoint in
+    ``DIR/checkpoints`` (a run stopped before its export); a ``step_N.pt`` file is itself."""
     root = Path(directory)
+    if root.is_file() and ckpt.checkpoint_step(root) is not None:
+        return root
     if not root.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {root}")
     for candidate in (root / "hf" / "discriminator", root / "discriminator"):
         if (candidate / "config.json").is_file():
             return candidate
-    if not (root / "config.json").is_file():
+    if (root / "config.json").is_file() and not ckpt.list_checkpoints(root / "checkpoints"):
+        return root
+    newest = ckpt.latest_checkpoint(root / "checkpoints")
+    if newest is None:
         raise FileNotFoundError(f"{root}: no config.json (looked in {root / 'hf/discriminator'}, "
-                                f"{root / 'discriminator'} and {root})")
-    return root
+                                f"{root / 'discriminator'} and {root}) and no training "
+                                f"checkpoint in {root / 'checkpoints'}")
+    return newest
+
+
+def load_training_checkpoint(path: Path) -> tuple[dict, ModelConfig]:
+    """(params, ModelConfig) of a pre-training checkpoint file ``step_N.pt``, for fine-tuning."""
+    try:
+        payload = ckpt.load_checkpoint(path)
+        model_cfg = ModelConfig.from_dict(dict(payload["config"]["pretrain"]["model"]))
+    except (ckpt.CheckpointCorrupt, KeyError, TypeError) as e:
+        raise FinetuneInputError(f"{path}: not a readable pre-training checkpoint ({e})") from None
+    return payload["params"], model_cfg
 
 
 def tokenizer_file(directory: str | Path) -> Path:
@@ -611,17 +629,20 @@ def load_finetune_inputs(checkpoint: str | Path | None, tokenizer_dir: str | Pat
                          *, from_scratch: bool = False, preset: str | None = None):
     """(params or None, ModelConfig, tokenizer, info) for fine-tuning.
 
-    The checkpoint is resolved by :func:`resolve_checkpoint` and read with ``load_hf``; the
-    tokenizer comes from ``tokenizer_dir``, else the resolved checkpoint directory, else the
-    checkpoint root. ``from_scratch`` keeps the config and drops the weights; without a
+    The checkpoint is resolved by :func:`resolve_checkpoint` and read with ``load_hf`` (or
+    :func:`load_training_checkpoint`); the tokenizer comes from ``tokenizer_dir``, else the
+    resolved directory (a training checkpoint's run's ``tokenizer/``), else the checkpoint root. ``from_scratch`` keeps the config and drops the weights; without a
     checkpoint it uses ``preset`` with the tokenizer's vocabulary size. A vocabulary size that
     differs between checkpoint and tokenizer raises FinetuneInputError naming both files.
     """
     from .data.tokenizer import load_tokenizer
 
     resolved = resolve_checkpoint(checkpoint) if checkpoint is not None else None
+    from_training = resolved is not None and resolved.is_file()
+    run_root = resolved.parent.parent if from_training else None  # RUN/checkpoints/step_N.pt
     candidates = [Path(tokenizer_dir)] if tokenizer_dir is not None else [
-        d for d in (resolved, Path(checkpoint) if checkpoint else None) if d is not None]
+        d for d in (run_root / "tokenizer" if run_root else resolved,
+                    Path(checkpoint) if checkpoint else None) if d is not None]
     tok_dir = next((d for d in candidates if (d / "tokenizer.model").is_file()
                     or (d / "vocab.txt").is_file()), None)
     if tok_dir is None:
@@ -630,10 +651,13 @@ def load_finetune_inputs(checkpoint: str | Path | None, tokenizer_dir: str | Pat
     tokenizer = load_tokenizer(str(tok_dir))
     tok_file = tokenizer_file(tok_dir)
     if resolved is not None:
-        try:
-            params, cfg = load_hf(resolved)
-        except CheckpointError as e:
-            raise FinetuneInputError(str(e)) from None
+        if from_training:
+            params, cfg = load_training_checkpoint(resolved)
+        else:
+            try:
+                params, cfg = load_hf(resolved)
+            except CheckpointError as e:
+                raise FinetuneInputError(str(e)) from None
         if cfg.vocab_size != tokenizer.vocab_size:
             raise FinetuneInputError(
                 f"vocabulary mismatch: {resolved / 'config.json'} has vocab_size="
@@ -679,7 +703,7 @@ __all__ = [
     "cached_step", "cached_predict", "default_compile_mode", "pad_multiple_for",
     "batches_per_epoch", "subsample", "predict_split", "evaluate", "train", "train_seeds",
     "run_seed", "run_seeds",
-    "summarize_seeds", "best_seed_index", "results_markdown", "resolve_checkpoint",
+    "summarize_seeds", "best_seed_index", "results_markdown", "resolve_checkpoint", "load_training_checkpoint",
     "tokenizer_file", "load_finetune_inputs", "max_len_for", "aggregate_results",
     "write_submission", "collect_results",
 ]

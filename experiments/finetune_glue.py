@@ -6,7 +6,8 @@
 Per task: ``OUT/<task>.json`` (every seed's dev metrics, median/mean/std, wall time, config),
 ``OUT/results.md`` (our median main metric next to ELECTRA-Small-OWT's, with GLUE scores), and
 ``OUT/submission/<Task>.tsv`` (test predictions of the best-dev seed, GLUE submission format).
-``--checkpoint DIR`` takes our pre-training output (``DIR/hf/discriminator``), an exported
+``--checkpoint DIR`` takes our pre-training output (``DIR/hf/discriminator``; a run stopped
+before its export gives its newest ``DIR/checkpoints/step_N.pt``, or name one), an exported
 ``DIR/discriminator``, or a Hugging Face ELECTRA directory. Expected on a full ELECTRA-Small
 checkpoint (1M steps): GLUE score ~80 (see results.md's reference column).
 
@@ -25,7 +26,8 @@ from pathlib import Path
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.finetune_glue",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", help="pre-training output dir, DIR/discriminator, or a "
+    p.add_argument("--checkpoint", help="pre-training output dir (or one of its "
+                   "checkpoints/step_N.pt), DIR/discriminator, or a "
                    "Hugging Face ELECTRA dir (config.json + weights + tokenizer)")
     p.add_argument("--tokenizer", help="tokenizer dir (tokenizer.model or vocab.txt); "
                    "default: the checkpoint's")

@@ -336,8 +336,15 @@ def test_resolve_checkpoint_layouts(tmp_path):
     assert FT.resolve_checkpoint(tmp_path / "b") == tmp_path / "b/discriminator"
     assert FT.resolve_checkpoint(tmp_path / "c") == tmp_path / "c"
     (tmp_path / "d").mkdir()
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match="no training checkpoint"):
         FT.resolve_checkpoint(tmp_path / "d")
+    (tmp_path / "d/checkpoints").mkdir()
+    for step in (7, 12):
+        (tmp_path / f"d/checkpoints/step_{step:08d}.pt").write_bytes(b"")
+    (tmp_path / "d/config.json").write_text("{}")  # a run's config.json, not a model's
+    assert FT.resolve_checkpoint(tmp_path / "d") == tmp_path / "d/checkpoints/step_00000012.pt"
+    chosen = tmp_path / "d/checkpoints/step_00000007.pt"
+    assert FT.resolve_checkpoint(chosen) == chosen
 
 
 # --------------------------------------------------------------------------- entry point

@@ -463,6 +463,38 @@ def test_export_keeps_our_tokenizer_loadable(sp_export):
     assert not is_own_config((sp_export["discriminator"] / "tokenizer.json").read_bytes())
 
 
+def test_a_stopped_run_fine_tunes_from_its_training_checkpoint(sp_export, tmp_path):
+    """A run stopped before its export (no hf/) fine-tunes from its newest training checkpoint,
+    or from a chosen step_N.pt, with the run's tokenizer: the same fine-tuning start as the
+    export of the same parameters."""
+    from electra_fn import checkpoint as ckpt
+    from electra_fn.config import PretrainConfig
+
+    cfg, tok = sp_export["cfg"], sp_export["tok"]
+    run = tmp_path / "run"
+    tok.save(str(run / "tokenizer"))
+    blob = {"pretrain": PretrainConfig(model=cfg).to_dict(), "run": {}}
+    other = random_params(cfg, 8)
+    for step, params in ((3, other), (5, sp_export["params"])):
+        ckpt.save_checkpoint(run / "checkpoints", params=params, opt_state={}, step=step,
+                             data_position=(0, 0), config=blob)
+    want, want_cfg, _, _ = load_finetune_inputs(sp_export["root"] / "hf")
+    for where, expect in ((run, sp_export["params"]),
+                          (run / "checkpoints" / "step_00000003.pt", other)):
+        params, got_cfg, tokenizer, info = load_finetune_inputs(where)
+        assert got_cfg == want_cfg and tokenizer.fingerprint == tok.fingerprint
+        assert info["checkpoint"].endswith("step_00000005.pt" if where == run
+                                           else "step_00000003.pt")
+        a = flat_dict(FT.init_finetune(params, got_cfg, 2, 0))
+        b = flat_dict(FT.init_finetune(want if where == run else expect, want_cfg, 2, 0))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+    (run / "checkpoints" / "step_00000005.pt").write_bytes(b"broken")
+    with pytest.raises(FT.FinetuneInputError, match="step_00000005.pt"):
+        load_finetune_inputs(run)
+
+
 def test_legacy_tokenizer_json_in_extra_files_is_renamed(sp_export, tmp_path):
     """A run directory written before the rename holds our settings as tokenizer.json: passed
     as extra_files it lands under our new name, never where transformers reads its own."""
