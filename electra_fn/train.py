@@ -678,6 +678,8 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
              if state is None and loop_opts.budget is not None and eval_s is not None and writer
              else None)
     evaluation, saving = Evaluation(evaluate), PeriodicSave(loop_opts.save_every_s)
+    if loop_opts.stop_at_step is not None and run.step < loop_opts.stop_at_step:
+        resume_hint += f" --stop-at-step {loop_opts.stop_at_step}"  # a stop not yet reached
     signals = SignalStop(resume_hint)
     run.save_guard = signals.deferring
     agreement = Agreement(world, signals, device) if world is not None else None

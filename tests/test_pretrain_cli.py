@@ -483,9 +483,9 @@ def test_compiled_bf16_run_on_cpu(tmp_path, cache, full_run, monkeypatch, backen
 
 
 # -- interruption --------------------------------------------------------------------------
-def _interrupted_run(out, cache, signals: int) -> tuple[int, str, str]:
+def _interrupted_run(out, cache, signals: int, *extra) -> tuple[int, str, str]:
     """Start a long run, send ``signals`` SIGINTs once it has logged a step; (rc, out, err)."""
-    args = _args(out, cache, "--steps", 100_000, "--log-every", 1)
+    args = _args(out, cache, "--steps", 100_000, "--log-every", 1, *extra)
     p = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
@@ -507,9 +507,11 @@ def _interrupted_run(out, cache, signals: int) -> tuple[int, str, str]:
 
 
 def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path, cache, full_run):
+    """... and the command it prints to continue keeps a --stop-at-step not yet reached."""
     out = tmp_path / "run"
-    _, stdout, _ = _interrupted_run(out, cache, signals=1)
+    _, stdout, _ = _interrupted_run(out, cache, 1, "--stop-at-step", 90_000)
     assert "stopped by SIGINT" in stdout
+    assert f"--out {out} --resume --stop-at-step 90000" in stdout
     last = ckpt.latest_checkpoint(out / "checkpoints")
     assert last is not None and str(last) in stdout
     state = ckpt.load_checkpoint(last)
