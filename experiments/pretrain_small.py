@@ -227,13 +227,16 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             batch_size=s["batch_size"], total_steps=s["steps"] or 1_000_000, seed=seed,
             learning_rate=s["lr"], warmup_steps=0, **s["recipe"], **train.token_ids(tokenizer))
         run_info = {"preset": s["preset"], "config": args.config, "tokenizer": flags["tokenizer"],
-                    "corpus": [str(c) for c in corpus], "valid": s["valid"]}
+                    "corpus": [str(c) for c in corpus], "valid": s["valid"],
+                    "cadence": {"log_every": args.log_every, "eval_every": args.eval_every}}
         cfg, run_info, step_fn = train.start_run(
             recipe, data, out, step_opts=step_opts, budget=budget, warmup=s["warmup"],
             bias_correction=s["bias_correction"], run_info=run_info, t_start=t_start,
             tokenizer=tokenizer, log=log)
     log(train.describe(cfg, step_opts))
-    loop_opts = train.LoopOptions(args.log_every, args.eval_every, args.save_every,
+    kept = (run_info or {}).get("cadence") or {}  # a resumed run keeps the cadence it was given
+    loop_opts = train.LoopOptions(args.log_every or kept.get("log_every"),
+                                  args.eval_every or kept.get("eval_every"), args.save_every,
                                   args.max_bad_steps, args.stop_at_step, not args.no_plot, budget)
     return train.pretrain_run(
         cfg, data, out, step_opts=step_opts, loop_opts=loop_opts, run_info=run_info,

@@ -216,6 +216,19 @@ def test_resume_from_a_checkpoint_without_schedule_state_is_exact(tmp_path, cach
     assert _trees_equal(a["opt_state"], b["opt_state"]), "resumed optimizer state differs"
 
 
+def test_resume_keeps_the_cadence_it_was_given(tmp_path, cache):
+    """--eval-every and --log-every given at the start hold after a plain --resume (the
+    defaults, a quarter of the run, would otherwise take over); given again, they win."""
+    out = tmp_path / "run"
+    _ok(_cli(out, cache, "--steps", 12, "--eval-every", 2, "--log-every", 1,
+             "--stop-at-step", 3))
+    _ok(_main_in_process([a for a in _args(out, cache, "--resume", "--stop-at-step", 7)]))
+    assert [r["step"] for r in _rows(out / "eval.jsonl")] == [0, 2, 4, 6]
+    assert [r["step"] for r in _rows(out / "metrics.jsonl")] == list(range(1, 8))
+    _ok(_main_in_process(_args(out, cache, "--resume", "--eval-every", 5)))
+    assert [r["step"] for r in _rows(out / "eval.jsonl")] == [0, 2, 4, 6, 10, 12]
+
+
 def test_resume_keeps_the_step_it_ran(tmp_path, cache, monkeypatch):
     """A run recorded as compiled resumes compiled unless --no-compile says otherwise (the
     compiled and eager steps draw different noise, so switching silently would not continue
