@@ -329,6 +329,7 @@ class Run:
     extra: dict = field(default_factory=dict)
     save_guard: Callable = contextlib.nullcontext  # a save runs inside it (SignalStop.deferring)
     writer: bool = True  # False on data-parallel ranks other than 0: they write no files
+    clock0: float = 0.0  # the run's time origin: elapsed time counts from it across resumes
 
     @property
     def ckpt_dir(self) -> Path:
@@ -350,7 +351,8 @@ class Run:
         with self.save_guard():
             path = ckpt.save_checkpoint(self.ckpt_dir, params=self.params, opt_state=self.opt,
                                         step=self.step, data_position=self.position,
-                                        config=self.config_blob(), log=self.log)
+                                        config=self.config_blob(), log=self.log,
+                                        extra={"elapsed_s": time.time() - self.clock0})
         self.log(f"checkpoint ({reason}): {path}")
         return path
 
@@ -615,6 +617,9 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
     from tqdm import tqdm
 
     t_start = time.time() if t_start is None else t_start
+    # elapsed time and the summary's wall time go on from the checkpoint's (the time between
+    # a crash's last checkpoint and the crash is not counted)
+    clock0 = t_start - float(((state or {}).get("extra") or {}).get("elapsed_s", 0.0))
     world, writer = step_opts.world, distributed.is_lead(step_opts.world)
     if state is None:
         params = model.init_params(cfg.model, cfg.seed)
@@ -671,7 +676,8 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
                     dynamic_ncols=True, mininterval=1.0, file=sys.stdout, disable=not writer)
     run = Run(cfg, params, opt, step, position, out, run_info, data.stats, log_every,
               eval_every, log, progress,
-              extra={"cadence": lambda total: cadence(total, loop_opts)}, writer=writer)
+              extra={"cadence": lambda total: cadence(total, loop_opts)}, writer=writer,
+              clock0=clock0)
     # Only a fresh budgeted run re-fits: a resumed one keeps the schedule it recorded.
     refit = (BudgetRefit(Pacer.start(loop_opts.budget, t_start, eval_s, cfg.total_steps),
                          device)
@@ -684,7 +690,7 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
     run.save_guard = signals.deferring
     agreement = Agreement(world, signals, device) if world is not None else None
     hooks: list[Hook] = ([refit] if refit else []) + ([agreement] if agreement else []) + [
-        MetricsLog(loop_opts.max_bad_steps, t_start, device), evaluation, saving]
+        MetricsLog(loop_opts.max_bad_steps, clock0, device), evaluation, saving]
     if loop_opts.stop_at_step is not None:
         hooks.append(stop_at(loop_opts.stop_at_step))
     hooks.append(agreement.stop if agreement else signals)
@@ -698,7 +704,7 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
             return code
         progress.close()
         run.save("final")
-    return finish(run, evaluate, device, loop_opts.plot, t_start)
+    return finish(run, evaluate, device, loop_opts.plot, clock0)
 
 
 def finish(run: Run, evaluate: Callable[[dict], dict], device: torch.device, plot: bool,

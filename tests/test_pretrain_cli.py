@@ -229,6 +229,28 @@ def test_resume_keeps_the_cadence_it_was_given(tmp_path, cache):
     assert [r["step"] for r in _rows(out / "eval.jsonl")] == [0, 2, 4, 6, 10, 12]
 
 
+def test_wall_time_counts_across_resumes(tmp_path, cache):
+    """A checkpoint records the run's elapsed time; the resumed run's metrics and summary go on
+    from it rather than restarting at zero."""
+    out = tmp_path / "run"
+    _ok(_cli(out, cache, "--steps", 6, "--log-every", 1, "--stop-at-step", 3))
+    path = out / "checkpoints" / "step_00000003.pt"
+    state = ckpt.load_checkpoint(path)
+    first = _rows(out / "metrics.jsonl")[-1]["elapsed_s"]
+    assert state["extra"]["elapsed_s"] >= first > 0
+    state["extra"]["elapsed_s"] = 1000.0  # as if the first part had taken 1,000 s
+    path.unlink()
+    ckpt.save_checkpoint(out / "checkpoints", params=state["params"],
+                         opt_state=state["opt_state"], step=3, extra=state["extra"],
+                         data_position=tuple(state["data_position"]), config=state["config"])
+    _ok(_main_in_process(_args(out, cache, "--resume")))
+    rows = _rows(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(r["elapsed_s"] > 1000 for r in rows[3:])
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert 1000 < summary["wall_time_s"] < 1000 + 600
+
+
 def test_resume_keeps_the_step_it_ran(tmp_path, cache, monkeypatch):
     """A run recorded as compiled resumes compiled unless --no-compile says otherwise (the
     compiled and eager steps draw different noise, so switching silently would not continue
