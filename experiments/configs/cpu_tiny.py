@@ -9,7 +9,10 @@ Expected: pre-training about 1.5 hours on one core of a 2-core CPU (20,000 steps
 step 5,000, records/2026-11-29_discriminator-context §10), then GLUE (6 tasks, 3 seeds, full
 training sets except SST-2's 20,000-example subset) from the checkpoint and from scratch,
 about 1 hour.
-Reached: not yet run to completion (records/README.md will link the result).
+Reached (records/2026-11-30_cpu-tiny-reproduction): 82M tokens, held-out unigram AUC 0.619;
+GLUE pre-trained vs from scratch, 5-task average 44.1 vs 43.5 (STS-B +12.1, CoLA -6.1, SST-2
+-1.8): no consistent gain at this budget. Its pre-training wall time was 2.5 hours beside
+other runs.
 Paths are relative to the repository root (the staged data sit in ../shared/data).
 """
 
