@@ -5,8 +5,10 @@ SST-2, CoLA and RTE from each checkpoint.
     python -m experiments.ablate --study cpu_tiny_ablate --glue-dir ../shared/data/glue
 
 Why this scale: at cpu_ablate's 1,200 steps every variant sits in the identity-only plateau
-(records/2026-11-29_discriminator-context §10); the tiny model leaves it near step 5,000, so
-at 10,000 steps a variant that learns context sooner or better shows in the held-out AUCs.
+(records/2026-11-29_discriminator-context §10). On cpu_tiny's 20,000-step schedule the tiny
+model leaves it near step 5,000; on this 10,000-step schedule, whose learning rate decays
+twice as fast, the baseline ends at its edge (held-out unigram AUC 0.535 at step 10,000,
+against 0.618 on the longer schedule), so a variant that leaves the plateau sooner shows.
 Expected: about 55 minutes of pre-training (10,000 steps of 32 x 128, 41M tokens, one core of
 a 2-core CPU) and 12 minutes of GLUE (3 seeds, SST-2 on 20,000 examples) per variant and seed;
 seed 0 of all 11 variants first (about 12 hours; the two learning-rate variants are the
