@@ -599,14 +599,14 @@ def resolve_checkpoint(directory: str | Path) -> Path:
     for candidate in (root / "hf" / "discriminator", root / "discriminator"):
         if (candidate / "config.json").is_file():
             return candidate
-    if (root / "config.json").is_file() and not ckpt.list_checkpoints(root / "checkpoints"):
+    newest = ckpt.latest_checkpoint(root / "checkpoints")  # a run's config.json is no model's
+    if newest is not None:
+        return newest
+    if (root / "config.json").is_file():
         return root
-    newest = ckpt.latest_checkpoint(root / "checkpoints")
-    if newest is None:
-        raise FileNotFoundError(f"{root}: no config.json (looked in {root / 'hf/discriminator'}, "
-                                f"{root / 'discriminator'} and {root}) and no training "
-                                f"checkpoint in {root / 'checkpoints'}")
-    return newest
+    raise FileNotFoundError(f"{root}: no config.json (looked in {root / 'hf/discriminator'}, "
+                            f"{root / 'discriminator'} and {root}) and no training "
+                            f"checkpoint in {root / 'checkpoints'}")
 
 
 def load_training_checkpoint(path: Path) -> tuple[dict, ModelConfig]:
@@ -631,9 +631,10 @@ def load_finetune_inputs(checkpoint: str | Path | None, tokenizer_dir: str | Pat
 
     The checkpoint is resolved by :func:`resolve_checkpoint` and read with ``load_hf`` (or
     :func:`load_training_checkpoint`); the tokenizer comes from ``tokenizer_dir``, else the
-    resolved directory (a training checkpoint's run's ``tokenizer/``), else the checkpoint root. ``from_scratch`` keeps the config and drops the weights; without a
-    checkpoint it uses ``preset`` with the tokenizer's vocabulary size. A vocabulary size that
-    differs between checkpoint and tokenizer raises FinetuneInputError naming both files.
+    resolved directory (a training checkpoint's run's ``tokenizer/``), else the checkpoint
+    root. ``from_scratch`` keeps the config and drops the weights; without a checkpoint it uses
+    ``preset`` with the tokenizer's vocabulary size. A vocabulary size that differs between
+    checkpoint and tokenizer raises FinetuneInputError naming both files.
     """
     from .data.tokenizer import load_tokenizer
 
@@ -703,7 +704,8 @@ __all__ = [
     "cached_step", "cached_predict", "default_compile_mode", "pad_multiple_for",
     "batches_per_epoch", "subsample", "predict_split", "evaluate", "train", "train_seeds",
     "run_seed", "run_seeds",
-    "summarize_seeds", "best_seed_index", "results_markdown", "resolve_checkpoint", "load_training_checkpoint",
+    "summarize_seeds", "best_seed_index", "results_markdown", "resolve_checkpoint",
+    "load_training_checkpoint",
     "tokenizer_file", "load_finetune_inputs", "max_len_for", "aggregate_results",
     "write_submission", "collect_results",
 ]

@@ -144,6 +144,15 @@ FINAL_ROWS += [("shuffle/logit_shift", "shuffled-context logit shift"),
                ("state/token_spread", "final-state spread across tokens")]
 
 
+def make_evaluator(cfg: PretrainConfig, data, device, *, amp_dtype=None) -> Callable:
+    """``params -> metrics``: a run's held-out evaluation (its fixed batches, noise and
+    proposals), the same for every call and every process that builds it from ``data``."""
+    eval_fn = make_eval_fn(cfg, token_counts(data, cfg.model.vocab_size), amp_dtype=amp_dtype,
+                           device_type=torch.device(device).type)
+    valid_batches = make_valid_batches(data, cfg.batch_size, pad_id=cfg.pad_id)
+    return lambda params: evaluate(eval_fn, params, valid_batches, cfg.seed, device, cfg)
+
+
 def final_table(first: dict, final: dict) -> list[str]:
     """The lines of the first-vs-final held-out table printed at the end of a run (metrics
     missing from either, as in a run resumed from an older release, are left out)."""

@@ -654,12 +654,7 @@ def pretrain_run(cfg: PretrainConfig, data, out: Path, *, step_opts: StepOptions
         "embeddings)")
     if step_fn is None:
         step_fn = make_step_fn(cfg, step_opts, log)
-    eval_fn = heldout.make_eval_fn(cfg, heldout.token_counts(data, cfg.model.vocab_size),
-                                   amp_dtype=step_opts.amp, device_type=device.type)
-    valid_batches = heldout.make_valid_batches(data, cfg.batch_size, pad_id=cfg.pad_id)
-
-    def evaluate(p: dict) -> dict:
-        return heldout.evaluate(eval_fn, p, valid_batches, cfg.seed, device, cfg)
+    evaluate = heldout.make_evaluator(cfg, data, device, amp_dtype=step_opts.amp)
 
     eval_path = out / "eval.jsonl"
     eval_s = None

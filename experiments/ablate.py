@@ -9,8 +9,8 @@ pre-training FLOPs, with the same data, seeds and evaluation, then one table and
 Resumable: run the same command again after an interruption; finished (variant, seed) runs
 and GLUE tasks are kept, an unfinished one continues from its newest checkpoint. Processes
 with disjoint ``--variants`` may run one study side by side (each run directory is owned by
-one process, the caches are filled atomically). Seeds are
-the outer loop (seed 0 of every variant first). Writes ``OUT/report.json``, ``OUT/results.md``
+one process, the caches are filled atomically). Seeds are the outer loop (seed 0 of every
+variant first). Writes ``OUT/report.json``, ``OUT/results.md``
 and ``OUT/study.png`` after every finished run (:mod:`electra_fn.study`).
 """
 

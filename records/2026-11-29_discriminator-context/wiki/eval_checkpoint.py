@@ -28,8 +28,6 @@ data = train.load_data(info["corpus"], load_tokenizer(str(run / "tokenizer")),
                        seq_len=cfg.seq_len, seed=cfg.seed, cache_dir=cache,
                        valid=info["valid"], num_proc=None, log=lambda _m: None)
 amp = torch.bfloat16 if "bfloat16" in str(info.get("amp")) else None
-eval_fn = heldout.make_eval_fn(cfg, heldout.token_counts(data, cfg.model.vocab_size),
-                               amp_dtype=amp, device_type="cpu")
-batches = heldout.make_valid_batches(data, cfg.batch_size, pad_id=cfg.pad_id)
-row = heldout.evaluate(eval_fn, state["params"], batches, cfg.seed, torch.device("cpu"), cfg)
+evaluate = heldout.make_evaluator(cfg, data, torch.device("cpu"), amp_dtype=amp)
+row = evaluate(state["params"])
 print(json.dumps({"step": state["step"], "checkpoint": str(path), **row}))
