@@ -184,7 +184,7 @@ def summarise(out: Path, variants: list[Variant], seeds: list[int], tasks: list[
             row["verdicts"] = [f"{v.name}: not run yet."]
             continue
         row["verdicts"] = [verdict(v.name, label, row.get(key), base.get(key))
-                           for key, label in HELD_OUT[:2]]
+                           for key, label in HELD_OUT[:3]]
         row["verdicts"].append(verdict(v.name, "GLUE average", row.get("glue"),
                                        base.get("glue")))
     report["baseline"] = base_name
@@ -232,8 +232,9 @@ def markdown(report: dict, title: str) -> str:
 
 
 def plot(report: dict, path: Path) -> Path | None:
-    """Points with ± std per variant for the discriminator's AUC, the generator's accuracy and
-    the GLUE average; None without matplotlib or without finished runs."""
+    """Points with ± std per variant for the discriminator's AUCs (generator's and unigram
+    replacements), the generator's accuracy and the GLUE average; None without matplotlib or
+    without finished runs."""
     try:
         import matplotlib
     except ImportError:
@@ -246,8 +247,9 @@ def plot(report: dict, path: Path) -> Path | None:
     from matplotlib.ticker import MaxNLocator
 
     panels = [("disc_auc", "AUC, generator's replacements"),
+              ("unigram/disc_auc", "AUC, unigram replacements"),
               ("gen_accuracy", "generator MLM accuracy"), ("glue", "GLUE dev average")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 0.35 * len(names) + 1.5),
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 0.35 * len(names) + 1.5),
                              sharey=True)
     for ax, (key, label) in zip(axes, panels):
         cells = [report["variants"][n].get(key) for n in names]

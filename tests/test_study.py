@@ -44,6 +44,24 @@ def test_baseline_variant_is_the_base_recipe():
     assert cfg == BASE.replace(seed=0)
 
 
+def test_every_named_studys_variants_are_valid_at_the_baselines_flops():
+    """A study edited with a variant its model cannot take (heads that do not divide the
+    width) fails here, not hours into a background run."""
+    from experiments import configs
+
+    studies = [n for n in configs.names() if configs.part(n, "STUDY")]
+    assert "cpu_tiny_ablate" in studies
+    for name in studies:
+        flags, spec = configs.load(name), configs.part(name, "STUDY")
+        base = study.base_recipe(flags, spec.get("model", {}), 8000, {})
+        assert spec["variants"][0].name == "baseline"
+        for v in spec["variants"]:
+            cfg = study.variant_config(base, v, 0)  # validates the model and the recipe
+            budget = flops.electra_step_flops(base)["total"] * base.total_steps
+            per_step = flops.electra_step_flops(cfg)["total"]
+            assert abs(per_step * cfg.total_steps - budget) <= per_step / 2, (name, v.name)
+
+
 def test_verdict_compares_the_difference_with_its_standard_error():
     base = study.mean_std([0.60, 0.61, 0.62])
     far = study.mean_std([0.70, 0.71, 0.72])

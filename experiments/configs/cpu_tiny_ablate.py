@@ -11,7 +11,7 @@ twice as fast, the baseline ends at its edge (held-out unigram AUC 0.535 at step
 against 0.618 on the longer schedule), so a variant that leaves the plateau sooner shows.
 Expected: about 55 minutes of pre-training (10,000 steps of 32 x 128, 41M tokens, one core of
 a 2-core CPU) and 12 minutes of GLUE (3 seeds, SST-2 on 20,000 examples) per variant and seed;
-seed 0 of all 11 variants first (about 12 hours; the two learning-rate variants are the
+seed 0 of all 13 variants first (about 14 hours; the two learning-rate variants are the
 Wikipedia learning-rate sweep that record asks for), then seeds 1 and 2 where they can decide.
 Reached: not yet run to completion (records/README.md will link the result).
 """
@@ -54,5 +54,8 @@ STUDY = {
                 why="ours: the generator's loss counts from a quarter of the run on, so the "
                     "discriminator meets near-random replacements first (§4 of the same "
                     "record)"),
+        Variant("heads-8", model={"num_heads": 8}, why="the most, narrowest heads (8 dims)"),
+        Variant("gen-1/8", model={"generator_multiplier": 0.125},
+                why="the smallest generator the paper tried for Small (hidden 8)"),
     ],
 }
