@@ -127,6 +127,19 @@ def read_run(directory: Path) -> dict | None:
             "glue": {t: r["values"] for t, r in task_results(directory / "glue").items()}}
 
 
+def read_curve(directory: Path) -> list[dict]:
+    """The held-out evaluations of one (variant, seed) so far, finished or not: per evaluation
+    the share of the run's FLOPs budget spent (step / total steps) and the :data:`HELD_OUT`
+    metrics; empty before its first evaluation."""
+    pre = directory / "pretrain"
+    if not (pre / "eval.jsonl").is_file() or not (pre / "config.json").is_file():
+        return []
+    total = rundir.read_json(pre / "config.json")["pretrain"]["total_steps"]
+    return [{"step": r["step"], "budget": r["step"] / total,
+             **{k: r[k] for k, _ in HELD_OUT if r.get(k) is not None}}
+            for r in rundir.read_jsonl(pre / "eval.jsonl", lambda _msg: None) if "step" in r]
+
+
 def glue_scores(runs: list[dict], tasks: list[str]) -> list[float]:
     """The task average of every (pre-training seed, fine-tuning seed) pair that has all
     ``tasks``: the sample whose mean and spread a variant's GLUE cell shows."""
@@ -156,8 +169,9 @@ def verdict(name: str, label: str, a: dict | None, base: dict | None) -> str:
 
 def summarise(out: Path, variants: list[Variant], seeds: list[int], tasks: list[str]) -> dict:
     """The study's report from its run directories: per variant the runs found, their cost and
-    pace, each held-out metric and the GLUE average as mean ± std, and the verdicts against
-    the first variant (the baseline)."""
+    pace, each held-out metric and the GLUE average as mean ± std, the held-out curves of every
+    seed begun (:func:`read_curve`), and the verdicts against the first variant (the
+    baseline)."""
     report: dict = {"tasks": tasks, "variants": {}}
     for v in variants:
         runs = [r for s in seeds if (r := read_run(run_dir(out, v.name, s))) is not None]
@@ -175,6 +189,7 @@ def summarise(out: Path, variants: list[Variant], seeds: list[int], tasks: list[
             row["glue"] = mean_std(scores) if scores else None
             row["glue_tasks"] = {t: mean_std([x for r in runs for x in r["glue"].get(t, [])])
                                  for t in tasks if any(t in r["glue"] for r in runs)}
+        row["curves"] = {str(s): c for s in seeds if (c := read_curve(run_dir(out, v.name, s)))}
         report["variants"][v.name] = row
     base_name = variants[0].name
     base = report["variants"][base_name]
@@ -266,6 +281,40 @@ def plot(report: dict, path: Path) -> Path | None:
         ax.set_title(label, fontsize=9)
     axes[0].set_yticks(range(len(names)), names)
     axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(report: dict, path: Path) -> Path | None:
+    """The discriminator's held-out AUCs (generator's and unigram replacements) against the
+    share of the FLOPs budget spent, one line per (variant, seed), unfinished runs included;
+    None without matplotlib or without evaluations."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    curves = {n: r["curves"] for n, r in report["variants"].items() if r.get("curves")}
+    if not curves:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = HELD_OUT[1:3]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5))
+    for i, (name, by_seed) in enumerate(curves.items()):
+        style = {"color": f"C{i % 10}", "ls": "-" if i < 10 else "--"}
+        for j, rows in enumerate(by_seed.values()):
+            for ax, (key, _) in zip(axes, panels):
+                xy = [(r["budget"], r[key]) for r in rows if key in r]
+                ax.plot(*zip(*xy), marker=".", lw=1.2, alpha=0.85,
+                        label=name if j == 0 else None, **style)
+    for ax, (_, label) in zip(axes, panels):
+        ax.set_xlabel("share of the pre-training FLOPs budget")
+        ax.set_title(f"held-out {label}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

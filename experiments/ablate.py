@@ -11,7 +11,7 @@ and GLUE tasks are kept, an unfinished one continues from its newest checkpoint.
 with disjoint ``--variants`` may run one study side by side (each run directory is owned by
 one process, the caches are filled atomically). Seeds are the outer loop (seed 0 of every
 variant first). Writes ``OUT/report.json``, ``OUT/results.md``
-and ``OUT/study.png`` after every finished run (:mod:`electra_fn.study`).
+``OUT/study.png`` and ``OUT/curves.png`` after every finished run (:mod:`electra_fn.study`).
 """
 
 from __future__ import annotations
@@ -148,8 +148,9 @@ def write_report(out: Path, variants, seeds, tasks, name: str, log) -> None:
     rundir.write_json(out / "report.json", report)
     text = study.markdown(report, f"Ablation study {name}")
     rundir.write_atomic(out / "results.md", text.encode())
-    drawn = study.plot(report, out / "study.png")
-    log(f"report: {out / 'results.md'}" + (f", {drawn}" if drawn else ""))
+    drawn = [p for p in (study.plot(report, out / "study.png"),
+                         study.plot_curves(report, out / "curves.png")) if p]
+    log(f"report: {out / 'results.md'}" + "".join(f", {p}" for p in drawn))
 
 
 if __name__ == "__main__":

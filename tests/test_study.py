@@ -97,6 +97,11 @@ def test_ablate_runs_variants_resumes_and_reports(tmp_path, monkeypatch, capsys)
         assert r["seeds_done"] == 1 and r["steps"] == 30  # GDES costs no FLOPs: same steps
         assert 0.0 <= r["disc_auc"]["mean"] <= 1.0
         assert r["glue"]["n"] == 2  # one pre-training seed x two fine-tuning seeds
+        curve = r["curves"]["0"]  # every held-out evaluation, as a share of the budget
+        assert curve[0]["step"] == 0 and curve[-1]["budget"] == 1.0
+        assert curve[-1]["disc_auc"] == r["disc_auc"]["mean"]
+    assert rows["dropout-0"]["curves"] == {}
+    assert (out / "curves.png").is_file() == (out / "study.png").is_file()
     gdes_cfg = orjson.loads((out / "gdes/seed0/pretrain/config.json").read_bytes())
     assert gdes_cfg["pretrain"]["model"]["embedding_sharing"] == "gdes"
     assert gdes_cfg["run"]["variant"] == "gdes"
