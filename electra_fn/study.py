@@ -182,6 +182,10 @@ def summarise(out: Path, variants: list[Variant], seeds: list[int], tasks: list[
             row["wall_time_s"] = mean_std([r["wall_time_s"] for r in runs])
             paces = [r["step_s"] for r in runs if r["step_s"]]
             row["step_s"] = mean_std(paces) if paces else None
+            # the run's length at its median pace: unlike the wall time, blind to pauses,
+            # resumes and evaluations
+            row["pace_time_s"] = mean_std([r["step_s"] * r["steps"] for r in runs
+                                           if r["step_s"]]) if paces else None
             for key, _ in HELD_OUT:
                 vals = [r["held_out"][key] for r in runs if r["held_out"].get(key) is not None]
                 row[key] = mean_std(vals) if vals else None
@@ -220,18 +224,20 @@ def markdown(report: dict, title: str) -> str:
              "Every variant spends the baseline's pre-training FLOPs (steps adjusted); held-out "
              "metrics are mean ± std over pre-training seeds, GLUE (dev, "
              f"{', '.join(tasks)}) the task average, mean ± std over every pre-training × "
-             "fine-tuning seed pair.", "",
-             "| variant | seeds | steps | s/step | wall (min) | gen acc | AUC gen | AUC unigram "
-             "| AUC uniform | GLUE avg | " + " | ".join(tasks) + " |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(tasks)]
+             "fine-tuning seed pair. Time: steps at the run's median seconds per step ('at "
+             "pace') and as the wall clock saw it, pauses and other processes included.", "",
+             "| variant | seeds | steps | s/step | min at pace | wall (min) | gen acc | AUC gen "
+             "| AUC unigram | AUC uniform | GLUE avg | " + " | ".join(tasks) + " |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(tasks)]
     for name, r in report["variants"].items():
         if not r["seeds_done"]:
-            lines.append(f"| {name} | 0 |" + " – |" * (8 + len(tasks)))
+            lines.append(f"| {name} | 0 |" + " – |" * (9 + len(tasks)))
             continue
         per_task = [_cell(r["glue_tasks"].get(t), digits=1) for t in tasks]
         lines.append(
             f"| {name} | {r['seeds_done']} | {r['steps']:,} | {_cell(r['step_s'], digits=2)} | "
-            f"{_cell(r['wall_time_s'], 1 / 60, 1)} | " + " | ".join(
+            f"{_cell(r['pace_time_s'], 1 / 60, 1)} | {_cell(r['wall_time_s'], 1 / 60, 1)} | "
+            + " | ".join(
                 _cell(r.get(k)) for k, _ in HELD_OUT) + f" | {_cell(r['glue'], digits=1)} | "
             + " | ".join(per_task) + " |")
     lines += ["", "Against the baseline (a difference counts when it exceeds twice the standard "

@@ -97,6 +97,7 @@ def test_ablate_runs_variants_resumes_and_reports(tmp_path, monkeypatch, capsys)
         assert r["seeds_done"] == 1 and r["steps"] == 30  # GDES costs no FLOPs: same steps
         assert 0.0 <= r["disc_auc"]["mean"] <= 1.0
         assert r["glue"]["n"] == 2  # one pre-training seed x two fine-tuning seeds
+        assert r["pace_time_s"]["mean"] == pytest.approx(r["steps"] * r["step_s"]["mean"])
         curve = r["curves"]["0"]  # every held-out evaluation, as a share of the budget
         assert curve[0]["step"] == 0 and curve[-1]["budget"] == 1.0
         assert curve[-1]["disc_auc"] == r["disc_auc"]["mean"]
