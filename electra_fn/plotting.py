@@ -18,17 +18,25 @@ def available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def plot_curves(out: Path, rows: list[dict], evals: list[dict], log=print) -> Path | None:
-    """Draw curves.png from the training and held-out rows; None (and a logged note) when
-    matplotlib, an optional dependency, is not installed or there is nothing to draw."""
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend, or None without matplotlib."""
     try:
         import matplotlib
     except ImportError:
-        log(f"note: {PLOT_MISSING}")
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(out: Path, rows: list[dict], evals: list[dict], log=print) -> Path | None:
+    """Draw curves.png from the training and held-out rows; None (and a logged note) when
+    matplotlib, an optional dependency, is not installed or there is nothing to draw."""
+    plt = pyplot()
+    if plt is None:
+        log(f"note: {PLOT_MISSING}")
+        return None
     if not rows:
         return None
     fixed = [n for n in PROPOSALS if evals and all(f"{n}/disc_auc" in e for e in evals)]

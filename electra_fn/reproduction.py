@@ -15,6 +15,7 @@ import orjson
 
 from .finetune import PUBLISHED_SMALL_OWT
 from .metrics import main_metric
+from .plotting import pyplot
 
 # ELECTRA-Small's GLUE score after a fraction of its pre-training (paper, Table 1 and Fig. 3).
 PAPER_SMALL_CURVE = {0.0625: 74.1, 0.125: 76.0, 0.25: 77.7, 0.5: 79.0, 1.0: 79.9}
@@ -111,16 +112,10 @@ def markdown(report: dict, title: str = "Reproduction: pre-trained vs from scrat
 def plot(report: dict, path: Path) -> Path | None:
     """The run's average against the paper's compute curve (log compute axis); None without
     matplotlib or compute figures."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
+    plt = pyplot()
     frac = report["pretraining"].get("paper_fraction")
-    if not frac or report["average"]["pretrained"] is None:
+    if plt is None or not frac or report["average"]["pretrained"] is None:
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 4))
     xs, ys = zip(*sorted(report["paper_small_curve"]))
     ax.plot(xs, ys, marker="o", label="paper: ELECTRA-Small, GLUE (8 tasks)")

@@ -19,6 +19,7 @@ from pathlib import Path
 from . import checkpoint as ckpt
 from . import flops, rundir, runtime, train
 from .config import ModelConfig, PretrainConfig
+from .plotting import pyplot
 from .reproduction import task_results
 
 # Held-out metrics of the final evaluation (eval.jsonl), as (key, label).
@@ -256,22 +257,17 @@ def plot(report: dict, path: Path) -> Path | None:
     """Points with ± std per variant for the discriminator's AUCs (generator's and unigram
     replacements), the generator's accuracy and the GLUE average; None without matplotlib or
     without finished runs."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
+    plt = pyplot()
     names = [n for n, r in report["variants"].items() if r["seeds_done"]]
-    if not names:
+    if plt is None or not names:
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     panels = [("disc_auc", "AUC, generator's replacements"),
               ("unigram/disc_auc", "AUC, unigram replacements"),
               ("gen_accuracy", "generator MLM accuracy"), ("glue", "GLUE dev average")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 0.35 * len(names) + 1.5),
-                             sharey=True)
+    fig, axes = plt.subplots(1, len(panels), sharey=True,
+                             figsize=(3.5 * len(panels), 0.35 * len(names) + 1.5))
     for ax, (key, label) in zip(axes, panels):
         cells = [report["variants"][n].get(key) for n in names]
         means = [c["mean"] if c else float("nan") for c in cells]
@@ -297,16 +293,10 @@ def plot_curves(report: dict, path: Path) -> Path | None:
     """The discriminator's held-out AUCs (generator's and unigram replacements) against the
     share of the FLOPs budget spent, one line per (variant, seed), unfinished runs included;
     None without matplotlib or without evaluations."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
+    plt = pyplot()
     curves = {n: r["curves"] for n, r in report["variants"].items() if r.get("curves")}
-    if not curves:
+    if plt is None or not curves:
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = HELD_OUT[1:3]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5))
     for i, (name, by_seed) in enumerate(curves.items()):

@@ -10,7 +10,7 @@ Resumable: run the same command again after an interruption; finished (variant, 
 and GLUE tasks are kept, an unfinished one continues from its newest checkpoint. Processes
 with disjoint ``--variants`` may run one study side by side (each run directory is owned by
 one process, the caches are filled atomically). Seeds are the outer loop (seed 0 of every
-variant first). Writes ``OUT/report.json``, ``OUT/results.md``
+variant first). Writes ``OUT/report.json``, ``OUT/results.md``,
 ``OUT/study.png`` and ``OUT/curves.png`` after every finished run (:mod:`electra_fn.study`).
 """
 
