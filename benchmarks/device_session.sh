@@ -19,8 +19,8 @@
 #      .devdata/glue from the checkpoint and from scratch); results.md, report.json,
 #      compute.png and the runs' JSON in reproduce.tar.gz.
 #   ablate (only when named in STAGES): `python -m experiments.ablate` with ABLATE_STUDY (default
-#      gpu_ablate) and ABLATE_ARGS (e.g. --variants baseline,dropout-0); results.md,
-#      report.json, study.png and the runs' JSON in ablate.tar.gz.
+#      gpu_ablate) and ABLATE_ARGS (e.g. --variants baseline,dropout-0, or --jobs 2 to share
+#      the card); results.md, report.json, the plots and the runs' files in ablate.tar.gz.
 #   compile_cache (only when named in STAGES): the portable compile cache of the compiled step
 #      (electra_fn.compile_cache) through benchmarks/compile_time.py, which may compile on CUDA:
 #      a cold compile that saves the artifacts (limit: the time left less WARM_RESERVE), then a
@@ -196,9 +196,12 @@ stage reproduce && run_experiment reproduce "--config $REPRO_CONFIG $REPRO_ARGS"
     "results.md report.json compute.png pretrain/config.json pretrain/metrics.jsonl
      pretrain/eval.jsonl pretrain/summary.json glue_pretrained/*.json glue_scratch/*.json"
 # The ablation study: variants at equal FLOPs, GLUE from each.
+# (** for variants named like gen-1/4; worker.log from ABLATE_ARGS="--jobs N")
+shopt -s globstar
 stage ablate && run_experiment ablate "--study $ABLATE_STUDY $ABLATE_ARGS" \
-    "results.md report.json study.png */seed*/pretrain/config.json */seed*/pretrain/summary.json
-     */seed*/pretrain/eval.jsonl */seed*/pretrain/metrics.jsonl */seed*/glue/*.json"
+    "results.md report.json study.png curves.png **/seed*/pretrain/config.json
+     **/seed*/pretrain/summary.json **/seed*/pretrain/eval.jsonl **/seed*/pretrain/metrics.jsonl
+     **/seed*/glue/*.json **/seed*/worker.log"
 
 # -- the portable compile cache: cold compile and save, then a warm start (named stage only) --
 L=$(( $(left) - WARM_RESERVE - 10 ))

@@ -1,5 +1,6 @@
 """Runtime helpers shared by the library and its command lines: the user-error type, device
-and dtype resolution, autocast, the trace/capture flag, and run provenance.
+and dtype resolution, autocast, the trace/capture flag, run provenance, and a small pool of
+worker processes for command lines that run many independent jobs.
 
 Nothing here touches model math; every other module may import it, and it imports none of
 theirs.
@@ -14,6 +15,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -182,3 +185,79 @@ def fmt_time(seconds: float) -> str:
     """``m:ss``, or ``h:mm:ss`` from an hour on."""
     s = max(0, int(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+# -- worker processes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One worker process: a name for the log, its command line and the file for its output."""
+
+    name: str
+    command: list
+    log_file: Path
+
+
+def run_jobs(jobs: list[Job], parallel: int, *, env: dict | None = None, log=print,
+             on_finished=None, poll_s: float = 0.5) -> int:
+    """Run ``jobs`` as subprocesses, in order, at most ``parallel`` at once, each writing its
+    stdout and stderr to its ``log_file`` (appended), and ``on_finished(job)`` after each that
+    exits 0. After a failure no further job starts; the running ones finish. SIGINT/SIGTERM are
+    passed on to the running workers (each stops in its own way) and no further job starts.
+    Returns 0, the first failure's exit code, or 128 + signal when stopped by one."""
+    pending, running, failed, stop = list(jobs), {}, 0, []
+    durations: list[float] = []
+
+    def forward(signum, _frame):
+        stop.append(signum)
+        log(f"{signal.Signals(signum).name}: passed on to {len(running)} running worker(s); "
+            "no further job starts")
+        for proc, *_ in running.values():
+            proc.send_signal(signum)
+
+    on_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if on_main \
+        else {}
+    try:
+        while running or (pending and not failed and not stop):
+            while pending and len(running) < parallel and not failed and not stop:
+                job = pending.pop(0)
+                job.log_file.parent.mkdir(parents=True, exist_ok=True)
+                out = open(job.log_file, "ab")
+                # A session of its own: a terminal's Ctrl-C reaches the workers once, through us.
+                proc = subprocess.Popen(job.command, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=env,
+                                        start_new_session=True)
+                running[job.name] = (proc, out, time.monotonic(), job)
+                log(f"started {job.name} (log {job.log_file})")
+            time.sleep(poll_s)
+            for name, (proc, out, start, job) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                out.close()
+                del running[name]
+                durations.append(time.monotonic() - start)
+                left = len(pending) if not (failed or stop or code) else 0
+                eta = (sum(durations) / len(durations) * -(-left // parallel)) if left else 0
+                log(f"finished {name}: exit {code} in {fmt_time(durations[-1])}; "
+                    f"{len(running)} running, {left} to start"
+                    + (f", about {fmt_time(eta)} more" if eta else ""))
+                if code == 0:
+                    if on_finished is not None:
+                        on_finished(job)
+                elif not failed and not stop:
+                    failed = code
+                    log(f"{name} failed (exit {code}); see {job.log_file}; no further job "
+                        "starts")
+    finally:
+        for proc, out, *_ in running.values():  # only after an exception: stop, reap, close
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            out.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if pending:
+        log("not started: " + ", ".join(j.name for j in pending))
+    return 128 + stop[0] if stop else failed

@@ -9,8 +9,9 @@ pre-training FLOPs, with the same data, seeds and evaluation, then one table and
 Resumable: run the same command again after an interruption; finished (variant, seed) runs
 and GLUE tasks are kept, an unfinished one continues from its newest checkpoint. Processes
 with disjoint ``--variants`` may run one study side by side (each run directory is owned by
-one process, the caches are filled atomically). Seeds are the outer loop (seed 0 of every
-variant first). Writes ``OUT/report.json``, ``OUT/results.md``,
+one process, the caches are filled atomically); ``--jobs N`` does that for you, one worker
+process per (variant, seed), N at a time, each with its log in its run directory. Seeds are the
+outer loop (seed 0 of every variant first). Writes ``OUT/report.json``, ``OUT/results.md``,
 ``OUT/study.png`` and ``OUT/curves.png`` after every finished run (:mod:`electra_fn.study`).
 """
 
@@ -44,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--ft-seeds", type=int, help="fine-tuning seeds 0..N-1 (default: the study's)")
     a("--max-train-examples", type=int, help="GLUE training subsample per task")
     a("--report-only", action="store_true", help="write the report from the runs done so far")
+    a("--jobs", type=int, default=1, help="(variant, seed) runs at once, each in a worker "
+      "process of its own (default 1: one after another in this process); on a CPU each "
+      "worker gets cores / N threads unless OMP_NUM_THREADS is set")
+    a("--no-report", action="store_true", help="leave the report to the caller (the workers "
+      "of --jobs)")
     a("--device", default="auto")
     a("--dtype", default="auto", choices=("auto", "float32", "bf16"))
     a("--cache-dir", default=CACHE, help="tokenizer/data cache")
@@ -90,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/ablate-{args.study}")
     out.mkdir(parents=True, exist_ok=True)
     reported = list(all_variants.values())  # the report shows every variant
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: expected a positive number of workers")
+    if not args.report_only and args.jobs > 1:
+        return run_workers(args, flags, variants, seeds, out, lambda: write_report(
+            out, reported, sorted({*spec["seeds"], *seeds}), tasks, args.study, log), log)
     if not args.report_only:
         code = run_all(args, flags, spec, glue, variants, seeds, tasks, out, reported, log)
         return code  # it wrote the report after every finished run
@@ -97,15 +108,51 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_all(args, flags, spec, glue, variants, seeds, tasks, out, reported, log) -> int:
-    """Every (seed, variant): pre-training, then GLUE from its checkpoint; the report after each."""
-    device = runtime.resolve_device(args.device)
-    amp = runtime.resolve_amp(args.dtype, device)
+def prepare(args, flags, out: Path, log):
+    """The study's tokenizer and pre-training data, built into the caches on first use."""
     tokenizer = train.run_tokenizer(out, flags["corpus"], vocab_size=flags["vocab_size"],
                                     cache_dir=args.cache_dir, log=log)
     data = train.load_data(flags["corpus"], tokenizer, seq_len=flags["seq_len"], seed=0,
                            cache_dir=args.cache_dir, valid=flags.get("valid"), num_proc=None,
                            log=log)
+    return tokenizer, data
+
+
+def worker_command(args, out: Path, variant: str, seed: int) -> list[str]:
+    """The command line of the ``--jobs`` worker for one (variant, seed): this run's options."""
+    cmd = [sys.executable, "-m", "experiments.ablate", "--study", args.study, "--out", str(out),
+           "--variants", variant, "--seeds", str(seed), "--no-report", "--device", args.device,
+           "--dtype", args.dtype, "--cache-dir", args.cache_dir]
+    for flag, value in (("--glue-dir", args.glue_dir), ("--tasks", args.tasks),
+                        ("--ft-seeds", args.ft_seeds),
+                        ("--max-train-examples", args.max_train_examples)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    return cmd + (["--debug"] if args.debug else [])
+
+
+def run_workers(args, flags, variants, seeds, out: Path, report, log) -> int:
+    """Every (seed, variant) in a worker process, ``args.jobs`` at once, the caches filled
+    first (here, once); the report after each finished run and at the end."""
+    prepare(args, flags, out, log)
+    jobs = [runtime.Job(f"{v.name} seed {seed}", worker_command(args, out, v.name, seed),
+                        study.run_dir(out, v.name, seed) / "worker.log")
+            for seed in seeds for v in variants]
+    env = dict(os.environ)
+    if runtime.resolve_device(args.device).type == "cpu" and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    log(f"{len(jobs)} runs, {args.jobs} at once" + (
+        f", {env['OMP_NUM_THREADS']} thread(s) each" if "OMP_NUM_THREADS" in env else ""))
+    code = runtime.run_jobs(jobs, args.jobs, env=env, log=log, on_finished=lambda _: report())
+    report()
+    return code
+
+
+def run_all(args, flags, spec, glue, variants, seeds, tasks, out, reported, log) -> int:
+    """Every (seed, variant): pre-training, then GLUE from its checkpoint; the report after each."""
+    device = runtime.resolve_device(args.device)
+    amp = runtime.resolve_amp(args.dtype, device)
+    tokenizer, data = prepare(args, flags, out, log)
     base = study.base_recipe(flags, spec.get("model", {}), tokenizer.vocab_size,
                              train.token_ids(tokenizer))
     # On CUDA the eager step captured as a CUDA graph, as pre-training's default there.
@@ -137,7 +184,8 @@ def run_all(args, flags, spec, glue, variants, seeds, tasks, out, reported, log)
                                          FinetuneConfig(), opts, log=log)
                 if code:
                     return code
-            write_report(out, reported, sorted({*spec["seeds"], *seeds}), tasks, args.study,
+            if not args.no_report:
+                write_report(out, reported, sorted({*spec["seeds"], *seeds}), tasks, args.study,
                          log)
     return 0
 

@@ -1,6 +1,12 @@
-"""Runtime helpers: device and dtype resolution, the capture flag, provenance."""
+"""Runtime helpers: device and dtype resolution, the capture flag, provenance, the worker
+pool."""
 
+import os
+import signal
 import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -116,3 +122,73 @@ def test_guarded_restores_an_inherited_ignored_sigint():
                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert r.returncode == 130, r.stderr[-2000:]
     assert "interrupted (Ctrl-C)" in r.stderr
+
+
+# -- run_jobs: the worker pool of ``experiments.ablate --jobs`` -----------------------------
+
+_SLEEPER = """import sys, time
+print("start", time.time(), flush=True)
+time.sleep(float(sys.argv[1]))
+print("end", time.time(), flush=True)
+sys.exit(int(sys.argv[2]))"""
+
+
+def _job(tmp_path, name, seconds=0.4, code=0):
+    cmd = [sys.executable, "-c", _SLEEPER, str(seconds), str(code)]
+    return runtime.Job(name, cmd, tmp_path / name / "worker.log")
+
+
+def _interval(log_file):
+    times = dict(line.split() for line in log_file.read_text().splitlines())
+    return float(times["start"]), float(times["end"])
+
+
+def test_run_jobs_runs_at_most_n_at_once_and_reports_each(tmp_path):
+    jobs = [_job(tmp_path, f"j{i}") for i in range(4)]
+    finished, lines = [], []
+    assert runtime.run_jobs(jobs, 2, log=lines.append, on_finished=finished.append,
+                            poll_s=0.05) == 0
+    assert sorted(j.name for j in finished) == ["j0", "j1", "j2", "j3"]
+    spans = [_interval(j.log_file) for j in jobs]
+    for start, _ in spans:  # at every start, at most two jobs are running
+        assert sum(s <= start < e for s, e in spans) <= 2
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # two did overlap
+    assert spans[2][0] >= min(spans[0][1], spans[1][1])  # the third waited for a free slot
+    assert any("finished j3: exit 0" in line for line in lines)
+
+
+def test_run_jobs_starts_nothing_after_a_failure(tmp_path):
+    jobs = [_job(tmp_path, "ok", 0.1), _job(tmp_path, "bad", 0.1, code=3),
+            _job(tmp_path, "later", 0.1)]
+    finished, lines = [], []
+    assert runtime.run_jobs(jobs, 1, log=lines.append, on_finished=finished.append,
+                            poll_s=0.05) == 3
+    assert [j.name for j in finished] == ["ok"]
+    assert not jobs[2].log_file.exists()
+    assert any("bad failed (exit 3)" in line and "worker.log" in line for line in lines)
+    assert lines[-1] == "not started: later"
+
+
+def test_run_jobs_passes_a_sigint_to_its_workers_and_stops(tmp_path):
+    waiter = ("import sys, time\nprint('ready', flush=True)\ntry:\n    time.sleep(60)\n"
+              "except KeyboardInterrupt:\n    print('stopped cleanly', flush=True)\n"
+              "    sys.exit(130)")
+    jobs = [runtime.Job(n, [sys.executable, "-c", waiter], tmp_path / n / "worker.log")
+            for n in ("a", "b", "c")]
+
+    def interrupt_when_ready():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+                j.log_file.exists() and "ready" in j.log_file.read_text() for j in jobs[:2]):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_ready, daemon=True).start()
+    lines = []
+    start = time.monotonic()
+    assert runtime.run_jobs(jobs, 2, log=lines.append, poll_s=0.05) == 130
+    assert time.monotonic() - start < 30  # the workers stopped, not slept out
+    for j in jobs[:2]:
+        assert "stopped cleanly" in j.log_file.read_text()
+    assert not jobs[2].log_file.exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

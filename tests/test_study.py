@@ -115,6 +115,24 @@ def test_ablate_runs_variants_resumes_and_reports(tmp_path, monkeypatch, capsys)
     assert ablate.main(args) == 0
     assert summary.stat().st_mtime_ns == before
     assert "done before" in capsys.readouterr().err
-    # An unknown variant is a clear error.
+    # --jobs 2: one worker process per (variant, seed); the finished baseline is kept, the
+    # worker trains dropout-0 with this command's options, and the report counts it.
+    capsys.readouterr()
+    assert ablate.main(args[:4] + ["--variants", "baseline,dropout-0", "--jobs", "2"]
+                       + args[6:]) == 0, capsys.readouterr().err[-3000:]
+    assert summary.stat().st_mtime_ns == before
+    err = capsys.readouterr().err
+    assert "2 runs, 2 at once" in err and "finished dropout-0 seed 0: exit 0" in err
+    assert "done before" in (out / "baseline/seed0/worker.log").read_text()
+    worker = orjson.loads((out / "dropout-0/seed0/pretrain/config.json").read_bytes())
+    here = orjson.loads((out / "baseline/seed0/pretrain/config.json").read_bytes())
+    assert (worker["run"]["amp"], worker["run"]["device"]) == (here["run"]["amp"], "cpu")
+    assert worker["pretrain"]["model"]["hidden_dropout"] == 0
+    rows = orjson.loads((out / "report.json").read_bytes())["variants"]
+    assert rows["dropout-0"]["seeds_done"] == 1 and rows["dropout-0"]["glue"]["n"] == 2
+    # An unknown variant is a clear error, and so is a number of jobs below 1.
     assert ablate.main(args[:4] + ["--variants", "nope"] + args[6:]) == 2
-    assert "--variants nope: choose from baseline, dropout-0, gdes" in capsys.readouterr().err
+    assert ablate.main(args + ["--jobs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--variants nope: choose from baseline, dropout-0, gdes" in err
+    assert "--jobs 0: expected a positive number" in err
