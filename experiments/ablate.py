@@ -94,18 +94,20 @@ def run(args: argparse.Namespace) -> int:
     seeds = list(spec["seeds"]) if args.seeds is None else ints(args.seeds, "seeds")
     tasks = [t.strip() for t in (args.tasks or glue["tasks"]).split(",") if t.strip()]
     out = Path(args.out or f"runs/ablate-{args.study}")
-    out.mkdir(parents=True, exist_ok=True)
-    reported = list(all_variants.values())  # the report shows every variant
     if args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: expected a positive number of workers")
-    if not args.report_only and args.jobs > 1:
-        return run_workers(args, flags, variants, seeds, out, lambda: write_report(
-            out, reported, sorted({*spec["seeds"], *seeds}), tasks, args.study, log), log)
-    if not args.report_only:
-        code = run_all(args, flags, spec, glue, variants, seeds, tasks, out, reported, log)
-        return code  # it wrote the report after every finished run
-    write_report(out, reported, sorted({*spec["seeds"], *seeds}), tasks, args.study, log)
-    return 0
+    out.mkdir(parents=True, exist_ok=True)
+
+    def report():  # every variant of the study, run or not
+        write_report(out, list(all_variants.values()), sorted({*spec["seeds"], *seeds}), tasks,
+                     args.study, log)
+
+    if args.report_only:
+        report()
+        return 0
+    if args.jobs > 1:
+        return run_workers(args, flags, variants, seeds, out, report, log)
+    return run_all(args, flags, spec, glue, variants, seeds, tasks, out, report, log)
 
 
 def prepare(args, flags, out: Path, log):
@@ -148,7 +150,7 @@ def run_workers(args, flags, variants, seeds, out: Path, report, log) -> int:
     return code
 
 
-def run_all(args, flags, spec, glue, variants, seeds, tasks, out, reported, log) -> int:
+def run_all(args, flags, spec, glue, variants, seeds, tasks, out, report, log) -> int:
     """Every (seed, variant): pre-training, then GLUE from its checkpoint; the report after each."""
     device = runtime.resolve_device(args.device)
     amp = runtime.resolve_amp(args.dtype, device)
@@ -185,8 +187,7 @@ def run_all(args, flags, spec, glue, variants, seeds, tasks, out, reported, log)
                 if code:
                     return code
             if not args.no_report:
-                write_report(out, reported, sorted({*spec["seeds"], *seeds}), tasks, args.study,
-                         log)
+                report()
     return 0
 
 
