@@ -200,14 +200,17 @@ class Job:
 
 
 def run_jobs(jobs: list[Job], parallel: int, *, env: dict | None = None, log=print,
-             on_finished=None, poll_s: float = 0.5) -> int:
+             on_finished=None, status=None, status_every_s: float = 300.0,
+             poll_s: float = 0.5) -> int:
     """Run ``jobs`` as subprocesses, in order, at most ``parallel`` at once, each writing its
     stdout and stderr to its ``log_file`` (appended), and ``on_finished(job)`` after each that
-    exits 0. After a failure no further job starts; the running ones finish. SIGINT/SIGTERM are
-    passed on to the running workers (each stops in its own way) and no further job starts.
-    Returns 0, the first failure's exit code, or 128 + signal when stopped by one."""
+    exits 0; every ``status_every_s`` one line per running job, ``status(job)``. After a
+    failure no further job starts; the running ones finish. SIGINT/SIGTERM are passed on to the
+    running workers (each stops in its own way) and no further job starts. Returns 0, the first
+    failure's exit code, or 128 + signal when stopped by one."""
     pending, running, failed, stop = list(jobs), {}, 0, []
     durations: list[float] = []
+    next_status = time.monotonic() + status_every_s
 
     def forward(signum, _frame):
         stop.append(signum)
@@ -232,6 +235,9 @@ def run_jobs(jobs: list[Job], parallel: int, *, env: dict | None = None, log=pri
                 running[job.name] = (proc, out, time.monotonic(), job)
                 log(f"started {job.name} (log {job.log_file})")
             time.sleep(poll_s)
+            if status is not None and running and time.monotonic() >= next_status:
+                next_status = time.monotonic() + status_every_s
+                log("; ".join(f"{name}: {status(job)}" for name, (*_, job) in running.items()))
             for name, (proc, out, start, job) in list(running.items()):
                 code = proc.poll()
                 if code is None:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from . import checkpoint as ckpt
 from . import flops, rundir, runtime, train
 from .config import ModelConfig, PretrainConfig
@@ -99,6 +101,23 @@ def pretrain_variant(cfg: PretrainConfig, data, directory: Path, tokenizer, *,
         return train.pretrain_run(cfg, data, directory, step_opts=step_opts, loop_opts=loop_opts,
                                   run_info=run_info, state=state, state_source=str(source),
                                   t_start=t_start, resume_hint="the same command", log=log)
+
+
+def progress(directory: Path, tasks: list[str]) -> str:
+    """One (variant, seed)'s stage in a few words, read from its files while it runs:
+    pre-training's last logged step and ETA, or the GLUE tasks finished."""
+    pre = Path(directory) / "pretrain"
+    if (pre / "summary.json").is_file():
+        done = [t for t in tasks if t in task_results(Path(directory) / "glue")]
+        return f"GLUE, {len(done)} of {len(tasks)} tasks done"
+    try:
+        with open(pre / "metrics.jsonl", "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            last = orjson.loads(f.read().splitlines()[-1])
+    except (OSError, IndexError, ValueError):
+        return "starting"
+    eta = f", about {runtime.fmt_time(last['eta_s'])} left" if last.get("eta_s") else ""
+    return f"pre-training step {last['step']:,}{eta}"
 
 
 # -- reading the runs ---------------------------------------------------------------------

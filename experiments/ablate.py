@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         report()
         return 0
     if args.jobs > 1:
-        return run_workers(args, flags, variants, seeds, out, report, log)
+        return run_workers(args, flags, variants, seeds, tasks, out, report, log)
     return run_all(args, flags, spec, glue, variants, seeds, tasks, out, report, log)
 
 
@@ -133,9 +133,10 @@ def worker_command(args, out: Path, variant: str, seed: int) -> list[str]:
     return cmd + (["--debug"] if args.debug else [])
 
 
-def run_workers(args, flags, variants, seeds, out: Path, report, log) -> int:
+def run_workers(args, flags, variants, seeds, tasks, out: Path, report, log) -> int:
     """Every (seed, variant) in a worker process, ``args.jobs`` at once, the caches filled
-    first (here, once); the report after each finished run and at the end."""
+    first (here, once); each worker's stage every 5 minutes, the report after each finished
+    run and at the end."""
     prepare(args, flags, out, log)
     jobs = [runtime.Job(f"{v.name} seed {seed}", worker_command(args, out, v.name, seed),
                         study.run_dir(out, v.name, seed) / "worker.log")
@@ -145,7 +146,9 @@ def run_workers(args, flags, variants, seeds, out: Path, report, log) -> int:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
     log(f"{len(jobs)} runs, {args.jobs} at once" + (
         f", {env['OMP_NUM_THREADS']} thread(s) each" if "OMP_NUM_THREADS" in env else ""))
-    code = runtime.run_jobs(jobs, args.jobs, env=env, log=log, on_finished=lambda _: report())
+    where = {job.name: job.log_file.parent for job in jobs}
+    code = runtime.run_jobs(jobs, args.jobs, env=env, log=log, on_finished=lambda _: report(),
+                            status=lambda job: study.progress(where[job.name], tasks))
     report()
     return code
 

@@ -147,8 +147,10 @@ def test_run_jobs_runs_at_most_n_at_once_and_reports_each(tmp_path):
     jobs = [_job(tmp_path, f"j{i}") for i in range(4)]
     finished, lines = [], []
     assert runtime.run_jobs(jobs, 2, log=lines.append, on_finished=finished.append,
+                            status=lambda job: f"busy {job.name}", status_every_s=0.1,
                             poll_s=0.05) == 0
     assert sorted(j.name for j in finished) == ["j0", "j1", "j2", "j3"]
+    assert "j0: busy j0; j1: busy j1" in lines  # a status line names every running job
     spans = [_interval(j.log_file) for j in jobs]
     for start, _ in spans:  # at every start, at most two jobs are running
         assert sum(s <= start < e for s, e in spans) <= 2

@@ -79,6 +79,21 @@ def test_glue_scores_pair_pretraining_and_finetuning_seeds():
     assert study.glue_scores(runs, ["sst2", "rte"]) == [65.0, 68.0, 65.0, 67.0]
 
 
+def test_progress_reads_a_runs_stage_from_its_files(tmp_path):
+    run = tmp_path / "gen-1/4/seed0"
+    assert study.progress(run, ["sst2", "rte"]) == "starting"
+    (run / "pretrain").mkdir(parents=True)
+    rows = [{"step": 50, "eta_s": 4000.0}, {"step": 1250, "eta_s": 3725.0}]
+    (run / "pretrain/metrics.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    assert study.progress(run, ["sst2", "rte"]) == "pre-training step 1,250, about 1:02:05 left"
+    (run / "pretrain/summary.json").write_text("{}")
+    (run / "glue").mkdir()
+    result = {"task": "rte", "main_metric": "accuracy", "summary": {"accuracy": {
+        "values": [0.5, 0.52]}}, "train_examples": 100}
+    (run / "glue/rte.json").write_bytes(orjson.dumps(result))
+    assert study.progress(run, ["sst2", "rte"]) == "GLUE, 1 of 2 tasks done"
+
+
 def test_ablate_runs_variants_resumes_and_reports(tmp_path, monkeypatch, capsys):
     from experiments import ablate
 
