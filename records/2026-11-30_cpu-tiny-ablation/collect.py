@@ -14,7 +14,7 @@ STUDY = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/ablate-cpu_tiny_ablate"
 for name in ("report.json", "results.md", "study.png", "curves.png"):
     if (STUDY / name).is_file():
         shutil.copy2(STUDY / name, HERE / name)
-for pre in sorted(STUDY.glob("*/seed*/pretrain")):
+for pre in sorted(STUDY.glob("**/seed*/pretrain")):  # gen-1/4/seed0 too
     run = pre.parent
     dest = HERE / "runs" / run.relative_to(STUDY)
     for name in ("config.json", "eval.jsonl", "summary.json"):
