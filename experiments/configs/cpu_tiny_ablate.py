@@ -15,8 +15,8 @@ seed 0 of all 13 variants first (about 14 hours; the two learning-rate variants 
 Wikipedia learning-rate sweep that record asks for), then seeds 1 and 2 where they can decide.
 Reached (records/2026-11-30_cpu-tiny-ablation, partial): lr-x2 leaves the plateau sooner in 2 of
 2 seeds (unigram AUC 0.605 +- 0.021 against 0.537 +- 0.003) with the same GLUE (43.2 against
-43.0); lr-x0.5 stays in it (0.527, 1 seed); dropout-0 changes nothing measurable (1 seed); the
-other variants are under way.
+43.0); lr-x0.5 stays in it (0.527, 1 seed); dropout-0 and heads-1 change nothing measurable (1
+seed each); the other variants are under way.
 """
 
 from electra_fn.study import Variant
