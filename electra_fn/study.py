@@ -172,6 +172,26 @@ def glue_scores(runs: list[dict], tasks: list[str]) -> list[float]:
     return scores
 
 
+def glue_seed_means(runs: list[dict], tasks: list[str]) -> list[float]:
+    """Per pre-training seed that has all ``tasks``, its task average over its fine-tuning
+    seeds: the unit a pre-training change is replicated in."""
+    return [statistics.fmean(scores) for r in runs if (scores := glue_scores([r], tasks))]
+
+
+def glue_verdict(name: str, row: dict, base: dict) -> str:
+    """The GLUE sentence of :func:`verdict`: over pre-training seeds when both sides have two
+    or more, else over (pre-training, fine-tuning) seed pairs, saying that this spread leaves
+    out the pre-training seeds'."""
+    a, b = row.get("glue_seeds"), base.get("glue_seeds")
+    if a and b and a["n"] > 1 and b["n"] > 1:
+        return verdict(name, "GLUE average over pre-training seeds", a, b)
+    text = verdict(name, "GLUE average", row.get("glue"), base.get("glue"))
+    if "the spread" in text:
+        text += (" Fine-tuning seeds only: with one pre-training seed on a side, the spread "
+                 "between pre-training seeds is not in it.")
+    return text
+
+
 def verdict(name: str, label: str, a: dict | None, base: dict | None) -> str:
     """A sentence on whether ``a`` differs from the baseline by more than twice the standard
     error of the difference (Welch); with fewer than two values a side, no spread is known."""
@@ -209,8 +229,9 @@ def summarise(out: Path, variants: list[Variant], seeds: list[int], tasks: list[
             for key, _ in HELD_OUT:
                 vals = [r["held_out"][key] for r in runs if r["held_out"].get(key) is not None]
                 row[key] = mean_std(vals) if vals else None
-            scores = glue_scores(runs, tasks)
+            scores, seed_means = glue_scores(runs, tasks), glue_seed_means(runs, tasks)
             row["glue"] = mean_std(scores) if scores else None
+            row["glue_seeds"] = mean_std(seed_means) if seed_means else None
             row["glue_tasks"] = {t: mean_std([x for r in runs for x in r["glue"].get(t, [])])
                                  for t in tasks if any(t in r["glue"] for r in runs)}
         row["curves"] = {str(s): c for s in seeds if (c := read_curve(run_dir(out, v.name, s)))}
@@ -224,8 +245,7 @@ def summarise(out: Path, variants: list[Variant], seeds: list[int], tasks: list[
             continue
         row["verdicts"] = [verdict(v.name, label, row.get(key), base.get(key))
                            for key, label in HELD_OUT[:3]]
-        row["verdicts"].append(verdict(v.name, "GLUE average", row.get("glue"),
-                                       base.get("glue")))
+        row["verdicts"].append(glue_verdict(v.name, row, base))
     report["baseline"] = base_name
     return report
 

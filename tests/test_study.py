@@ -79,6 +79,25 @@ def test_glue_scores_pair_pretraining_and_finetuning_seeds():
     assert study.glue_scores(runs, ["sst2", "rte"]) == [65.0, 68.0, 65.0, 67.0]
 
 
+def test_glue_verdict_counts_pretraining_seeds_as_the_unit():
+    runs = [{"glue": {"sst2": [80.0, 82.0], "rte": [50.0, 54.0]}},
+            {"glue": {"sst2": [70.0, 72.0], "rte": [60.0, 62.0]}},
+            {"glue": {"sst2": [99.0, 99.0]}}]  # rte missing: left out
+    assert study.glue_seed_means(runs, ["sst2", "rte"]) == [66.5, 66.0]
+
+    def row(seed_means, pairs):
+        return {"glue": study.mean_std(pairs), "glue_seeds": study.mean_std(seed_means)}
+
+    # One pre-training seed a side: judged on fine-tuning pairs, and says what that leaves out.
+    one = study.glue_verdict("x", row([70.0], [69.0, 70.0, 71.0]), row([60.0], [59.0, 60, 61]))
+    assert "exceeds the spread" in one and "one pre-training seed on a side" in one
+    # Two a side: judged on the per-seed means (n = 2), whose spread swallows the difference.
+    two = study.glue_verdict("x", row([70.0, 50.0], [69.0, 70, 71, 49, 50, 51]),
+                             row([55.0, 45.0], [54.0, 55, 56, 44, 45, 46]))
+    assert "over pre-training seeds" in two and "within the spread" in two
+    assert "not measured" in study.glue_verdict("x", {}, row([60.0], [60.0, 61.0]))
+
+
 def test_progress_reads_a_runs_stage_from_its_files(tmp_path):
     run = tmp_path / "gen-1/4/seed0"
     assert study.progress(run, ["sst2", "rte"]) == "starting"
