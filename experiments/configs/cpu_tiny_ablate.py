@@ -15,9 +15,10 @@ take 10 of them) per variant and seed; seed 0 of all 13 variants first (about 17
 two learning-rate variants are the Wikipedia learning-rate sweep that record asks for), then
 seeds 1 and 2 where they can decide.
 Reached (records/2026-11-30_cpu-tiny-ablation, partial): lr-x2 leaves the plateau sooner in 2 of
-2 seeds (unigram AUC 0.605 +- 0.021 against 0.537 +- 0.003) with the same GLUE (43.2 against
-43.0); lr-x0.5 stays in it (0.527, 1 seed); dropout-0 and heads-1 change nothing measurable (1
-seed each); the other variants are under way.
+2 seeds (unigram AUC 0.605 +- 0.021 against 0.537 +- 0.003; the same ranking at 20,000 steps)
+with no clear GLUE gain (STS-B 22.6 against 18.2, within the spread of 2 seeds); lr-x0.5
+stays in it (0.527, 1 seed); dropout-0 and heads-1 change nothing measurable (1 seed each);
+the other variants are under way.
 """
 
 from electra_fn.study import Variant
