@@ -185,8 +185,9 @@ def glue_verdict(name: str, row: dict, base: dict) -> str:
     a, b = row.get("glue_seeds"), base.get("glue_seeds")
     if a and b and a["n"] > 1 and b["n"] > 1:
         return verdict(name, "GLUE average over pre-training seeds", a, b)
-    text = verdict(name, "GLUE average", row.get("glue"), base.get("glue"))
-    if "the spread" in text:
+    pairs, base_pairs = row.get("glue"), base.get("glue")
+    text = verdict(name, "GLUE average", pairs, base_pairs)
+    if pairs and base_pairs and pairs["n"] > 1 and base_pairs["n"] > 1:  # it was judged
         text += (" Fine-tuning seeds only: with one pre-training seed on a side, the spread "
                  "between pre-training seeds is not in it.")
     return text
