@@ -209,7 +209,6 @@ def run_jobs(jobs: list[Job], parallel: int, *, env: dict | None = None, log=pri
     running workers (each stops in its own way) and no further job starts. Returns 0, the first
     failure's exit code, or 128 + signal when stopped by one."""
     pending, running, failed, stop = list(jobs), {}, 0, []
-    durations: list[float] = []
     next_status = time.monotonic() + status_every_s
 
     def forward(signum, _frame):
@@ -244,12 +243,9 @@ def run_jobs(jobs: list[Job], parallel: int, *, env: dict | None = None, log=pri
                     continue
                 out.close()
                 del running[name]
-                durations.append(time.monotonic() - start)
                 left = len(pending) if not (failed or stop or code) else 0
-                eta = (sum(durations) / len(durations) * -(-left // parallel)) if left else 0
-                log(f"finished {name}: exit {code} in {fmt_time(durations[-1])}; "
-                    f"{len(running)} running, {left} to start"
-                    + (f", about {fmt_time(eta)} more" if eta else ""))
+                log(f"finished {name}: exit {code} in {fmt_time(time.monotonic() - start)}; "
+                    f"{len(running)} running, {left} to start")
                 if code == 0:
                     if on_finished is not None:
                         on_finished(job)
