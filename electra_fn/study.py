@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
 from . import checkpoint as ckpt
 from . import flops, rundir, runtime, train
 from .config import ModelConfig, PretrainConfig
@@ -106,14 +104,12 @@ def pretrain_variant(cfg: PretrainConfig, data, directory: Path, tokenizer, *,
 def progress(directory: Path, tasks: list[str]) -> str:
     """One (variant, seed)'s stage in a few words, read from its files while it runs:
     pre-training's last logged step and ETA, or the GLUE tasks finished."""
-    pre = Path(directory) / "pretrain"
-    if (pre / "summary.json").is_file():
-        done = [t for t in tasks if t in task_results(Path(directory) / "glue")]
+    directory = Path(directory)
+    if (directory / "pretrain/summary.json").is_file():
+        done = [t for t in tasks if t in task_results(directory / "glue")]
         return f"GLUE, {len(done)} of {len(tasks)} tasks done"
     try:
-        with open(pre / "metrics.jsonl", "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 4096))
-            last = orjson.loads(f.read().splitlines()[-1])
+        last = rundir.read_jsonl(directory / "pretrain/metrics.jsonl", lambda _msg: None)[-1]
     except (OSError, IndexError, ValueError):
         return "starting"
     eta = f", about {runtime.fmt_time(last['eta_s'])} left" if last.get("eta_s") else ""

@@ -146,9 +146,8 @@ def run_workers(args, flags, variants, seeds, tasks, out: Path, report, log) -> 
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
     log(f"{len(jobs)} runs, {args.jobs} at once" + (
         f", {env['OMP_NUM_THREADS']} thread(s) each" if "OMP_NUM_THREADS" in env else ""))
-    where = {job.name: job.log_file.parent for job in jobs}
     code = runtime.run_jobs(jobs, args.jobs, env=env, log=log, on_finished=lambda _: report(),
-                            status=lambda job: study.progress(where[job.name], tasks))
+                            status=lambda job: study.progress(job.log_file.parent, tasks))
     report()
     return code
 

@@ -8,7 +8,8 @@ CoLA and RTE from each checkpoint.
 Expected on one H200: about 20 s of pre-training per variant (the CUDA-graph step at ~36
 ms/step) and a minute of GLUE, so about six variants fit one 15-minute window (pick them with
 ABLATE_ARGS="--variants ..."). ABLATE_ARGS="--jobs 2 ..." shares the card between two worker
-processes; whether that beats one after another shows in the report's s/step and wall time. Reached: not yet run (no GPU was lent since it was written).
+processes; whether that beats one after another shows in the report's s/step and wall time.
+Reached: not yet run (no GPU was lent since it was written).
 """
 
 import dataclasses
