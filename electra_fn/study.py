@@ -125,13 +125,15 @@ def mean_std(values: list[float]) -> dict:
 
 def read_run(directory: Path) -> dict | None:
     """One finished (variant, seed): held-out metrics at the end, steps, FLOPs, wall time and
-    the median pace from ``metrics.jsonl``; per GLUE task the fine-tuning seeds' values (×100).
-    None while its pre-training has not finished."""
+    the median pace from ``metrics.jsonl`` (None where that log was not kept, as in a record);
+    per GLUE task the fine-tuning seeds' values (×100). None while its pre-training has not
+    finished."""
     pre = directory / "pretrain"
     if not (pre / "summary.json").is_file():
         return None
     summary = rundir.read_json(pre / "summary.json")
-    rows = rundir.read_jsonl(pre / "metrics.jsonl", lambda _msg: None)
+    log = pre / "metrics.jsonl"
+    rows = rundir.read_jsonl(log, lambda _msg: None) if log.is_file() else []
     paces = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s")]
     cfg = PretrainConfig.from_dict(rundir.read_json(pre / "config.json")["pretrain"])
     tokens_per_step = cfg.batch_size * cfg.seq_len

@@ -164,6 +164,12 @@ def test_ablate_runs_variants_resumes_and_reports(tmp_path, monkeypatch, capsys)
     assert worker["pretrain"]["model"]["hidden_dropout"] == 0
     rows = orjson.loads((out / "report.json").read_bytes())["variants"]
     assert rows["dropout-0"]["seeds_done"] == 1 and rows["dropout-0"]["glue"]["n"] == 2
+    # A run copied into a record keeps no step log: the report still reads it, pace unknown.
+    (out / "gdes/seed0/pretrain/metrics.jsonl").unlink()
+    assert ablate.main(args[:4] + ["--report-only"] + args[6:]) == 0
+    rows = orjson.loads((out / "report.json").read_bytes())["variants"]
+    assert rows["gdes"]["seeds_done"] == 1 and rows["gdes"]["step_s"] is None
+    assert rows["baseline"]["step_s"]["mean"] > 0
     # An unknown variant is a clear error, and so is a number of jobs below 1.
     assert ablate.main(args[:4] + ["--variants", "nope"] + args[6:]) == 2
     assert ablate.main(args + ["--jobs", "0"]) == 2

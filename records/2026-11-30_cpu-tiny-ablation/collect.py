@@ -17,7 +17,7 @@ for name in ("report.json", "results.md", "study.png", "curves.png"):
 for pre in sorted(STUDY.glob("**/seed*/pretrain")):  # gen-1/4/seed0 too
     run = pre.parent
     dest = HERE / "runs" / run.relative_to(STUDY)
-    for name in ("config.json", "eval.jsonl", "summary.json"):
+    for name in ("config.json", "eval.jsonl", "metrics.jsonl", "summary.json"):
         if (pre / name).is_file():
             (dest / "pretrain").mkdir(parents=True, exist_ok=True)
             shutil.copy2(pre / name, dest / "pretrain" / name)
