@@ -436,7 +436,8 @@ def results_table(rows: list[dict], failures: list[dict]) -> str:
 
 def environment(device: torch.device) -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__,
-           "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+           "platform": platform.platform(), "cpu": runtime.machine()["cpu"],
+           "cpu_threads": torch.get_num_threads(),
            "cpu_count": os.cpu_count(), "hostname": platform.node(),
            "commit": runtime.git_describe()}
     with contextlib.suppress(Exception):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import os
+import platform
 import re
 import signal
 import subprocess
@@ -161,16 +163,30 @@ def git_describe(root: str | Path | None = None) -> str:
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "unknown"
 
 
+def machine() -> dict:
+    """Where a result was made: the CPU's model name, its cores, torch's threads and the first
+    CUDA device's name (None without one). Runs of one study may land on different machines,
+    whose kernels round differently."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "gpu": gpu}
+
+
 def provenance() -> dict:
-    """What made a result: the commit and the versions of torch, transformers and datasets
-    (None for a package that is not installed)."""
+    """What made a result: the commit, the versions of torch, transformers and datasets (None
+    for a package that is not installed) and :func:`machine`."""
     versions = {}
     for name in ("torch", "transformers", "datasets"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    return {"commit": git_describe(), "versions": versions}
+    return {"commit": git_describe(), "versions": versions, "machine": machine()}
 
 
 def duration(text: str) -> float:

@@ -91,6 +91,9 @@ def test_provenance_names_the_commit_and_versions(tmp_path):
         assert p["commit"].split("-dirty")[0].endswith(head.stdout.strip()[:7]) or \
             head.stdout.strip()[:7] in p["commit"]
     assert runtime.git_describe(tmp_path) == "unknown"  # not a checkout
+    m = p["machine"]  # runs of one study may land on different CPUs: each says which
+    assert m["cpu"] and m["cores"] == os.cpu_count() and m["threads"] == torch.get_num_threads()
+    assert m["gpu"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
     assert runtime.fmt_time(59) == "0:59" and runtime.fmt_time(3725) == "1:02:05"
 
 
