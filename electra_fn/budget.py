@@ -18,6 +18,7 @@ FINISH_RESERVE_S = 25.0  # the final save, Hugging Face export and plot
 REFIT_AT_MIN = 20
 PACE_FROM = 3  # the pace is timed from the end of this step (the first ones warm up)
 FIT_EVALS = 6  # held-out evaluations reserved by the first fit (step 0, three inner, final, spare)
+MIN_FIT_STEPS = 2  # a run's first step has learning rate 0 (warmup), so one step learns nothing
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,25 @@ class StepBudget:
         """(steps, seconds per step) that fit the budget given timed calls ``times`` (the first
         a warm-up or compile, not counted in the pace) and ``spent_s`` already used. The pace
         is the median of the timed steps; ``FIT_EVALS`` evaluations of ``eval_batches``
-        batches and the finishing reserve are kept back, and ``margin`` of what is left."""
+        batches and the finishing reserve are kept back, and ``margin`` of what is left.
+        Fewer than ``MIN_FIT_STEPS`` (even 0) means the budget is too short to train at all."""
+        step_s = statistics.median(times[1:])
+        left = self.budget_s - self.fixed_cost_s(times, spent_s, eval_batches)
+        steps = max(0, int(left * (1.0 - self.margin) / step_s))
+        return (min(steps, self.cap) if self.cap else steps), step_s
+
+    def fixed_cost_s(self, times: list[float], spent_s: float, eval_batches: int) -> float:
+        """The seconds of a run that :meth:`fit` counts before any step: ``spent_s``, the timed
+        calls, the evaluations it keeps back and the finishing reserve."""
         step_s = statistics.median(times[1:])
         evals_s = FIT_EVALS * eval_batches * step_s * self.eval_batch_steps
-        left = (self.budget_s - spent_s - sum(times) - self.finish_reserve_s - evals_s)
-        steps = max(1, int(left * (1.0 - self.margin) / step_s))
-        return (min(steps, self.cap) if self.cap else steps), step_s
+        return spent_s + sum(times) + self.finish_reserve_s + evals_s
+
+    def shortest_s(self, times: list[float], spent_s: float, eval_batches: int) -> float:
+        """The least budget that :meth:`fit` gives ``MIN_FIT_STEPS`` at the same pace."""
+        step_s = statistics.median(times[1:])
+        return (self.fixed_cost_s(times, spent_s, eval_batches)
+                + (MIN_FIT_STEPS + 1) * step_s / (1.0 - self.margin))
 
     def refit(self, step: int, step_s: float, elapsed_s: float, evals_left: int,
               eval_s: float) -> int:

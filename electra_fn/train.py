@@ -25,7 +25,7 @@ import torch
 from . import checkpoint as ckpt
 from . import (compile_cache, compiling, cuda_graph, distributed, flops, heldout, hf, model,
                plotting, pretrain, rundir, runtime)
-from .budget import Pacer, StepBudget
+from .budget import MIN_FIT_STEPS, Pacer, StepBudget
 from .config import PretrainConfig
 from .data import pretrain_data as pdata
 from .data import tokenizer as toklib
@@ -159,6 +159,16 @@ def fit_to_budget(cfg: PretrainConfig, data, opts: StepOptions, budget: StepBudg
     spent = time.time() - t_start
     total, step_s = budget.fit(times, spent - sum(times), heldout.EVAL_BATCHES)
     total = distributed.lead_value(total, opts.world)  # rank 0's fit, on every rank
+    if total < (min(MIN_FIT_STEPS, budget.cap) if budget.cap else MIN_FIT_STEPS):
+        # nothing is written yet: refuse rather than overrun the budget or learn nothing
+        before = spent - sum(times)
+        rest = budget.fixed_cost_s(times, before, heldout.EVAL_BATCHES) - spent
+        need = budget.shortest_s(times, before, heldout.EVAL_BATCHES)
+        raise runtime.UserError(
+            f"the time budget ({runtime.fmt_time(budget.budget_s)}) is too short to train: "
+            f"setup and timing took {runtime.fmt_time(spent)}, and at {step_s:.2f} s/step the "
+            f"held-out evaluations and the finish need about {runtime.fmt_time(rest)} more; "
+            f"give at least {runtime.fmt_time(need)} (or --steps N)")
     log(f"budget: {runtime.fmt_time(budget.budget_s)} in all; {runtime.fmt_time(spent)} spent "
         f"on setup and timing; {step_s:.2f} s/step measured → {total} steps "
         f"({total * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens) fit in the time left, "

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from electra_fn.budget import (FINISH_RESERVE_S, REFIT_AT_MIN, Pacer, StepBudget, evals_left,
+from electra_fn.budget import (FINISH_RESERVE_S, MIN_FIT_STEPS, REFIT_AT_MIN, Pacer, StepBudget, evals_left,
                                refit_point)
 
 
@@ -20,8 +20,21 @@ def test_fit_takes_the_median_pace_and_keeps_back_evaluations_and_margin():
     with_margin, _ = StepBudget(900.0, margin=0.05).fit(times, 60.0, eval_batches=8)
     assert with_margin == int(0.95 * (900 - 60 - sum(times) - reserve) / 1.5)
     assert StepBudget(900.0, cap=100).fit(times, 60.0, 8)[0] == 100
-    # a budget already spent still runs one step
-    assert StepBudget(10.0).fit(times, 60.0, 8)[0] == 1
+    # a budget already spent fits nothing (the caller refuses it)
+    assert StepBudget(10.0).fit(times, 60.0, 8)[0] == 0
+
+
+@given(st.lists(st.floats(0.01, 20.0), min_size=2, max_size=6), st.floats(0.0, 600.0),
+       st.integers(1, 16), st.floats(0.0, 0.3))
+def test_shortest_budget_is_the_least_that_fits_min_steps(times, spent, batches, margin):
+    """``shortest_s`` fits ``MIN_FIT_STEPS`` (give or take one for rounding); a budget a
+    step's time shorter fits fewer."""
+    b = StepBudget(1.0, margin=margin)
+    need = b.shortest_s(times, spent, batches)
+    fitted, step_s = StepBudget(need, margin=margin).fit(times, spent, batches)
+    assert fitted >= MIN_FIT_STEPS and fitted <= MIN_FIT_STEPS + 1
+    short = StepBudget(need - 2 * step_s / (1 - margin), margin=margin).fit(times, spent, batches)
+    assert short[0] < MIN_FIT_STEPS
 
 
 def test_refit_point_and_refit():

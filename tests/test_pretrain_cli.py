@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -634,6 +635,24 @@ def test_budgeted_run_refits_its_steps_to_its_own_pace(tmp_path, cache, full_run
     # the schedule was re-fitted: the last logged lr is near 0, not mid-way down the old one
     peak = config["pretrain"]["learning_rate"]
     assert rows[-1]["lr"] < 0.05 * peak
+
+
+def test_a_budget_too_short_to_train_is_refused_before_anything_is_written(tmp_path, cache,
+                                                                            monkeypatch):
+    """A budget that the setup and the reserved evaluations already fill (as on a busy
+    machine) exits 2 naming the least budget that trains, instead of a run that overruns it
+    with one step at learning rate 0; the output folder gets no config or checkpoint."""
+    from experiments import pretrain_small
+
+    monkeypatch.setattr(pretrain_small, "StepBudget",
+                        functools.partial(StepBudget, finish_reserve_s=3600.0))
+    out = tmp_path / "run"
+    r = _main_in_process(_args(out, cache, "--time-budget", "10s"))
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "the time budget (0:10) is too short to train" in r.stderr
+    least = re.search(r"give at least (\d+):(\d\d):(\d\d) \(or --steps N\)", r.stderr)
+    assert least and int(least[1]) * 3600 + int(least[2]) * 60 + int(least[3]) >= 3600
+    assert not (out / "config.json").exists() and not (out / "checkpoints").exists()
 
 
 # -- the resolver and named configurations ---------------------------------------------------
