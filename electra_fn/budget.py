@@ -41,21 +41,19 @@ class StepBudget:
         batches and the finishing reserve are kept back, and ``margin`` of what is left.
         Fewer than ``MIN_FIT_STEPS`` (even 0) means the budget is too short to train at all."""
         step_s = statistics.median(times[1:])
-        left = self.budget_s - self.fixed_cost_s(times, spent_s, eval_batches)
+        left = self.budget_s - spent_s - sum(times) - self.reserved_s(step_s, eval_batches)
         steps = max(0, int(left * (1.0 - self.margin) / step_s))
         return (min(steps, self.cap) if self.cap else steps), step_s
 
-    def fixed_cost_s(self, times: list[float], spent_s: float, eval_batches: int) -> float:
-        """The seconds of a run that :meth:`fit` counts before any step: ``spent_s``, the timed
-        calls, the evaluations it keeps back and the finishing reserve."""
-        step_s = statistics.median(times[1:])
-        evals_s = FIT_EVALS * eval_batches * step_s * self.eval_batch_steps
-        return spent_s + sum(times) + self.finish_reserve_s + evals_s
+    def reserved_s(self, step_s: float, eval_batches: int) -> float:
+        """The seconds :meth:`fit` keeps back at ``step_s``: ``FIT_EVALS`` evaluations of
+        ``eval_batches`` batches and the finishing reserve."""
+        return FIT_EVALS * eval_batches * step_s * self.eval_batch_steps + self.finish_reserve_s
 
     def shortest_s(self, times: list[float], spent_s: float, eval_batches: int) -> float:
         """The least budget that :meth:`fit` gives ``MIN_FIT_STEPS`` at the same pace."""
         step_s = statistics.median(times[1:])
-        return (self.fixed_cost_s(times, spent_s, eval_batches)
+        return (spent_s + sum(times) + self.reserved_s(step_s, eval_batches)
                 + (MIN_FIT_STEPS + 1) * step_s / (1.0 - self.margin))
 
     def refit(self, step: int, step_s: float, elapsed_s: float, evals_left: int,

@@ -161,9 +161,8 @@ def fit_to_budget(cfg: PretrainConfig, data, opts: StepOptions, budget: StepBudg
     total = distributed.lead_value(total, opts.world)  # rank 0's fit, on every rank
     if total < (min(MIN_FIT_STEPS, budget.cap) if budget.cap else MIN_FIT_STEPS):
         # nothing is written yet: refuse rather than overrun the budget or learn nothing
-        before = spent - sum(times)
-        rest = budget.fixed_cost_s(times, before, heldout.EVAL_BATCHES) - spent
-        need = budget.shortest_s(times, before, heldout.EVAL_BATCHES)
+        rest = budget.reserved_s(step_s, heldout.EVAL_BATCHES)
+        need = budget.shortest_s(times, spent - sum(times), heldout.EVAL_BATCHES)
         raise runtime.UserError(
             f"the time budget ({runtime.fmt_time(budget.budget_s)}) is too short to train: "
             f"setup and timing took {runtime.fmt_time(spent)}, and at {step_s:.2f} s/step the "

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from electra_fn.budget import (FINISH_RESERVE_S, MIN_FIT_STEPS, REFIT_AT_MIN, Pacer, StepBudget, evals_left,
-                               refit_point)
+from electra_fn.budget import (FINISH_RESERVE_S, MIN_FIT_STEPS, REFIT_AT_MIN, Pacer,
+                               StepBudget, evals_left, refit_point)
 
 
 def test_fit_takes_the_median_pace_and_keeps_back_evaluations_and_margin():
@@ -33,8 +33,8 @@ def test_shortest_budget_is_the_least_that_fits_min_steps(times, spent, batches,
     need = b.shortest_s(times, spent, batches)
     fitted, step_s = StepBudget(need, margin=margin).fit(times, spent, batches)
     assert fitted >= MIN_FIT_STEPS and fitted <= MIN_FIT_STEPS + 1
-    short = StepBudget(need - 2 * step_s / (1 - margin), margin=margin).fit(times, spent, batches)
-    assert short[0] < MIN_FIT_STEPS
+    shorter = StepBudget(need - 2 * step_s / (1 - margin), margin=margin)
+    assert shorter.fit(times, spent, batches)[0] < MIN_FIT_STEPS
 
 
 def test_refit_point_and_refit():

@@ -19,9 +19,10 @@ Reached (records/2026-11-30_cpu-tiny-ablation, partial): lr-x2 leaves the platea
 with no clear GLUE gain (STS-B 22.6 against 18.2, within the spread of 2 seeds); lr-x0.5
 stays in it (0.527, 1 seed); gen-1/4 leaves it late (0.571, 1 seed); gdes lifts the
 generator's accuracy (0.126 against 0.116), not the discriminator; dropout-0, heads-1,
-heads-4 and gen-1 change nothing measurable (1 seed each); gen-delay-25% leaves it in seed 0 (0.595)
-but less in seed 1 (0.546), within the spread over the two; mask-25 little (0.556); no GLUE change beyond the spread;
-gen-1/8 ends like gen-1/4 (0.570, 1 seed); heads-8 is under way.
+heads-4 and gen-1 change nothing measurable (1 seed each); gen-delay-25% leaves it in seed
+0 (0.595) but less in seed 1 (0.546), within the spread over the two; mask-25 little (0.556);
+gen-1/8 ends like gen-1/4 (0.570, 1 seed); no GLUE change beyond the spread; heads-8 is
+under way.
 """
 
 from electra_fn.study import Variant
