@@ -176,13 +176,25 @@ def glue_seed_means(runs: list[dict], tasks: list[str]) -> list[float]:
     return [statistics.fmean(scores) for r in runs if (scores := glue_scores([r], tasks))]
 
 
-def glue_verdict(name: str, row: dict, base: dict) -> str:
+def pooled_spread(rows: list[dict | None]) -> dict | None:
+    """The seed-to-seed std pooled over every row (a :func:`mean_std`) with two or more values,
+    weighted by its degrees of freedom, and those degrees; None below two degrees."""
+    rows = [r for r in rows if r and r["n"] > 1]
+    df = sum(r["n"] - 1 for r in rows)
+    if df < 2:
+        return None
+    return {"std": math.sqrt(sum((r["n"] - 1) * r["std"] ** 2 for r in rows) / df), "df": df,
+            "rows": len(rows)}
+
+
+def glue_verdict(name: str, row: dict, base: dict, pooled: dict | None = None) -> str:
     """The GLUE sentence of :func:`verdict`: over pre-training seeds when both sides have two
-    or more, else over (pre-training, fine-tuning) seed pairs, saying that this spread leaves
-    out the pre-training seeds'."""
+    or more, or when one has a single seed and ``pooled`` (:func:`pooled_spread` of the
+    pre-training seeds' means) stands in; else over (pre-training, fine-tuning) seed pairs,
+    saying that this spread leaves out the pre-training seeds'."""
     a, b = row.get("glue_seeds"), base.get("glue_seeds")
-    if a and b and a["n"] > 1 and b["n"] > 1:
-        return verdict(name, "GLUE average over pre-training seeds", a, b)
+    if a and b and (min(a["n"], b["n"]) > 1 or pooled):
+        return verdict(name, "GLUE average over pre-training seeds", a, b, pooled)
     pairs, base_pairs = row.get("glue"), base.get("glue")
     text = verdict(name, "GLUE average", pairs, base_pairs)
     if pairs and base_pairs and pairs["n"] > 1 and base_pairs["n"] > 1:  # it was judged
@@ -191,19 +203,28 @@ def glue_verdict(name: str, row: dict, base: dict) -> str:
     return text
 
 
-def verdict(name: str, label: str, a: dict | None, base: dict | None) -> str:
+def verdict(name: str, label: str, a: dict | None, base: dict | None,
+            pooled: dict | None = None) -> str:
     """A sentence on whether ``a`` differs from the baseline by more than twice the standard
-    error of the difference (Welch); with fewer than two values a side, no spread is known."""
+    error of the difference: Welch's when both sides have two or more values; with one value on
+    a side, from ``pooled`` (:func:`pooled_spread`, named in the sentence) if given; else no
+    spread is known."""
     if a is None or base is None:
         return f"{name}: {label} not measured (yet) for it or the baseline."
     diff = a["mean"] - base["mean"]
-    if a["n"] < 2 or base["n"] < 2:
-        return (f"{name}: {label} {diff:+.3g} against the baseline, from {a['n']} and "
-                f"{base['n']} value(s): no spread to judge it by.")
-    se = math.sqrt(a["std"] ** 2 / a["n"] + base["std"] ** 2 / base["n"])
+    n_a, n_b = a["n"], base["n"]
+    if min(n_a, n_b) > 1:
+        se, note = math.sqrt(a["std"] ** 2 / n_a + base["std"] ** 2 / n_b), ""
+    elif pooled:
+        se = pooled["std"] * math.sqrt(1 / n_a + 1 / n_b)
+        note = (f"; seed spread {pooled['std']:.2g} pooled over the {pooled['rows']} variants "
+                f"with two or more seeds, {pooled['df']} degrees of freedom")
+    else:
+        return (f"{name}: {label} {diff:+.3g} against the baseline, from {n_a} and "
+                f"{n_b} value(s): no spread to judge it by.")
     beyond = abs(diff) > 2 * se
     return (f"{name}: {label} {diff:+.3g} against the baseline (2 s.e. {2 * se:.2g}, n = "
-            f"{a['n']} / {base['n']}): {'exceeds' if beyond else 'within'} the spread.")
+            f"{n_a} / {n_b}{note}): {'exceeds' if beyond else 'within'} the spread.")
 
 
 def summarise(out: Path, variants: list[Variant], seeds: list[int], tasks: list[str]) -> dict:
@@ -237,14 +258,18 @@ def summarise(out: Path, variants: list[Variant], seeds: list[int], tasks: list[
         report["variants"][v.name] = row
     base_name = variants[0].name
     base = report["variants"][base_name]
+    rows = list(report["variants"].values())
+    pooled = {key: pooled_spread([r.get(key) for r in rows])
+              for key in [k for k, _ in HELD_OUT[:3]] + ["glue_seeds"]}
+    report["pooled_spread"] = pooled
     for v in variants[1:]:
         row = report["variants"][v.name]
         if not row["seeds_done"]:
             row["verdicts"] = [f"{v.name}: not run yet."]
             continue
-        row["verdicts"] = [verdict(v.name, label, row.get(key), base.get(key))
+        row["verdicts"] = [verdict(v.name, label, row.get(key), base.get(key), pooled[key])
                            for key, label in HELD_OUT[:3]]
-        row["verdicts"].append(glue_verdict(v.name, row, base))
+        row["verdicts"].append(glue_verdict(v.name, row, base, pooled["glue_seeds"]))
     report["baseline"] = base_name
     return report
 

@@ -3,6 +3,7 @@ end to end on the smoke study (:mod:`electra_fn.study`)."""
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -68,8 +69,26 @@ def test_verdict_compares_the_difference_with_its_standard_error():
     near = study.mean_std([0.605, 0.615, 0.625])
     assert "exceeds the spread" in study.verdict("x", "AUC", far, base)
     assert "within the spread" in study.verdict("x", "AUC", near, base)
-    assert "no spread" in study.verdict("x", "AUC", study.mean_std([0.9]), base)
     assert "not measured" in study.verdict("x", "AUC", None, base)
+    one = study.mean_std([0.9])
+    assert "no spread" in study.verdict("x", "AUC", one, study.mean_std([0.6]))
+
+
+def test_a_single_seed_is_judged_by_the_spread_pooled_over_variants():
+    rows = [study.mean_std([0.60, 0.62]), study.mean_std([0.50, 0.56, 0.53]),
+            study.mean_std([0.9]), None]
+    pooled = study.pooled_spread(rows)  # variances 2e-4 (1 df) and 9e-4 (2 df)
+    assert pooled["df"] == 3 and pooled["rows"] == 2
+    assert abs(pooled["std"] - math.sqrt((2e-4 + 2 * 9e-4) / 3)) < 1e-12
+    assert study.pooled_spread(rows[:1] + rows[2:]) is None  # one degree of freedom: too few
+    base = study.mean_std([0.60, 0.61, 0.62])
+    two_se = 2 * pooled["std"] * math.sqrt(1 + 1 / 3)
+    near = study.verdict("x", "AUC", study.mean_std([0.61 + 0.9 * two_se]), base, pooled)
+    assert "within the spread" in near and "pooled over the 2 variants" in near
+    far = study.verdict("x", "AUC", study.mean_std([0.61 - 1.1 * two_se]), base, pooled)
+    assert "exceeds the spread" in far
+    # Both sides with seeds of their own: Welch's, the pooled spread unused.
+    assert "pooled" not in study.verdict("x", "AUC", rows[1], base, pooled)
 
 
 def test_glue_scores_pair_pretraining_and_finetuning_seeds():
@@ -95,6 +114,13 @@ def test_glue_verdict_counts_pretraining_seeds_as_the_unit():
     two = study.glue_verdict("x", row([70.0, 50.0], [69.0, 70, 71, 49, 50, 51]),
                              row([55.0, 45.0], [54.0, 55, 56, 44, 45, 46]))
     assert "over pre-training seeds" in two and "within the spread" in two
+    # One against three, with a pooled spread: judged over pre-training seeds with it.
+    pooled = study.pooled_spread([study.mean_std([55.0, 45.0, 50.0])])  # std 5, 2 df
+    mixed = study.glue_verdict("x", row([70.0], [69.0, 70, 71]),
+                               row([55.0, 45.0, 50.0], [54.0, 55, 56, 44, 45, 46, 49, 50, 51]),
+                               pooled)
+    assert "over pre-training seeds" in mixed and "pooled" in mixed
+    assert "exceeds the spread" in mixed  # 20 against 2 s.e. 2 * 5 * sqrt(4 / 3) = 11.5
     assert "not measured" in study.glue_verdict("x", {}, row([60.0], [60.0, 61.0]))
 
 
