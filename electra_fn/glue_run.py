@@ -102,6 +102,13 @@ def done_before(path: Path, opts: GlueOptions) -> bool:
             and (r.get("data") or {}).get("max_train_examples") == opts.max_train_examples)
 
 
+def tasks_to_run(tasks: list[str], opts: GlueOptions) -> list[str]:
+    """``tasks`` less those :func:`done_before` in ``opts.out`` when ``opts.skip_done``."""
+    if not opts.skip_done:
+        return list(tasks)
+    return [t for t in tasks if not done_before(opts.out / f"{get_task(t).name}.json", opts)]
+
+
 def run_glue(tasks: list[str], params, model_cfg: ModelConfig, tokenizer, ckpt_info: dict,
              ft_cfg: FinetuneConfig, opts: GlueOptions, log: Log = print) -> int:
     """Fine-tune ``params`` (None: random init) on each task for every seed; returns the exit

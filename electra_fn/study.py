@@ -123,6 +123,13 @@ def mean_std(values: list[float]) -> dict:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def has_weights(pretrain: Path) -> bool:
+    """Whether a pre-training directory holds a model to fine-tune: its ``hf/discriminator``
+    export or a training checkpoint (a record's copy of a run keeps only its logs)."""
+    return ((pretrain / "hf" / "discriminator" / "config.json").is_file()
+            or ckpt.latest_checkpoint(pretrain / "checkpoints") is not None)
+
+
 def read_run(directory: Path) -> dict | None:
     """One finished (variant, seed): held-out metrics at the end, steps, FLOPs, wall time and
     the median pace from ``metrics.jsonl`` (None where that log was not kept, as in a record);

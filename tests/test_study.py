@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 from pathlib import Path
 
 import orjson
@@ -196,6 +197,17 @@ def test_ablate_runs_variants_resumes_and_reports(tmp_path, monkeypatch, capsys)
     rows = orjson.loads((out / "report.json").read_bytes())["variants"]
     assert rows["gdes"]["seeds_done"] == 1 and rows["gdes"]["step_s"] is None
     assert rows["baseline"]["step_s"]["mean"] > 0
+    # A run whose weights are gone (copied back from a record): finished GLUE tasks are kept
+    # without the model; a task still to do is a clear error naming the folder.
+    for gone in ("hf", "checkpoints"):
+        shutil.rmtree(out / "gdes/seed0/pretrain" / gone, ignore_errors=True)
+    capsys.readouterr()
+    assert ablate.main(args) == 0
+    assert "GLUE: sst2 done before" in capsys.readouterr().err
+    assert ablate.main(args[:-4] + ["--tasks", "rte"] + args[-4:]) == 2
+    err = capsys.readouterr().err
+    assert "gdes, seed 0: GLUE (rte) needs the pre-trained model" in err
+    assert str(out / "gdes/seed0/pretrain") in err and "holds only its logs" in err
     # An unknown variant is a clear error, and so is a number of jobs below 1.
     assert ablate.main(args[:4] + ["--variants", "nope"] + args[6:]) == 2
     assert ablate.main(args + ["--jobs", "0"]) == 2
