@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
+import orjson
 import torch
 
 from . import checkpoint as ckpt
@@ -603,10 +604,23 @@ def resolve_checkpoint(directory: str | Path) -> Path:
     if newest is not None:
         return newest
     if (root / "config.json").is_file():
+        if is_run_config(root / "config.json"):
+            raise FileNotFoundError(
+                f"{root} is a pre-training run's folder, but its weights are not here: no "
+                f"export in {root / 'hf/discriminator'} and no training checkpoint in "
+                f"{root / 'checkpoints'} (a run copied from a record keeps only its logs)")
         return root
     raise FileNotFoundError(f"{root}: no config.json (looked in {root / 'hf/discriminator'}, "
                             f"{root / 'discriminator'} and {root}) and no training "
                             f"checkpoint in {root / 'checkpoints'}")
+
+
+def is_run_config(path: Path) -> bool:
+    """Whether a ``config.json`` is a pre-training run's (``{"pretrain": ...}``), not a model's."""
+    try:
+        return "pretrain" in orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError, TypeError):
+        return False
 
 
 def load_training_checkpoint(path: Path) -> tuple[dict, ModelConfig]:
@@ -704,7 +718,7 @@ __all__ = [
     "cached_step", "cached_predict", "default_compile_mode", "pad_multiple_for",
     "batches_per_epoch", "subsample", "predict_split", "evaluate", "train", "train_seeds",
     "run_seed", "run_seeds",
-    "summarize_seeds", "best_seed_index", "results_markdown", "resolve_checkpoint",
+    "summarize_seeds", "best_seed_index", "results_markdown", "resolve_checkpoint", "is_run_config",
     "load_training_checkpoint",
     "tokenizer_file", "load_finetune_inputs", "max_len_for", "aggregate_results",
     "write_submission", "collect_results",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checkpoint as ckpt
+from . import finetune as FT
 from . import flops, rundir, runtime, train
 from .config import ModelConfig, PretrainConfig
 from .plotting import pyplot
@@ -126,8 +127,11 @@ def mean_std(values: list[float]) -> dict:
 def has_weights(pretrain: Path) -> bool:
     """Whether a pre-training directory holds a model to fine-tune: its ``hf/discriminator``
     export or a training checkpoint (a record's copy of a run keeps only its logs)."""
-    return ((pretrain / "hf" / "discriminator" / "config.json").is_file()
-            or ckpt.latest_checkpoint(pretrain / "checkpoints") is not None)
+    try:
+        FT.resolve_checkpoint(pretrain)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def read_run(directory: Path) -> dict | None:

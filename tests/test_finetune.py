@@ -347,6 +347,24 @@ def test_resolve_checkpoint_layouts(tmp_path):
     assert FT.resolve_checkpoint(chosen) == chosen
 
 
+def test_a_run_folder_without_its_weights_is_not_taken_for_a_model(tmp_path):
+    run = tmp_path / "run"  # what a record keeps of a run: its config and logs, no weights
+    run.mkdir()
+    (run / "config.json").write_text('{"pretrain": {"model": {"hidden_size": 64}}}')
+    (run / "summary.json").write_text("{}")
+    assert FT.is_run_config(run / "config.json")
+    with pytest.raises(FileNotFoundError, match="pre-training run's folder.*weights are not here"):
+        FT.resolve_checkpoint(run)
+    model = tmp_path / "model"  # a Hugging Face directory: its config.json is the model's
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "electra", "hidden_size": 64}')
+    assert not FT.is_run_config(model / "config.json")
+    assert FT.resolve_checkpoint(model) == model
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints/step_00000003.pt").write_bytes(b"")
+    assert FT.resolve_checkpoint(run) == run / "checkpoints/step_00000003.pt"
+
+
 # --------------------------------------------------------------------------- entry point
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
