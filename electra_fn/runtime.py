@@ -203,6 +203,24 @@ def fmt_time(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def cpu_contention(threads: int, load: tuple[float, ...] | None = None,
+                   cores: int | None = None) -> str | None:
+    """A sentence for an error about slow CPU steps when other processes seem to compete for
+    the cores (the 1-minute load average exceeds this process's ``threads`` by ¾ of a core or
+    more; ``load`` and ``cores`` default to the machine's), else None."""
+    if load is None:
+        if not hasattr(os, "getloadavg"):
+            return None
+        load = os.getloadavg()
+    cores = cores or os.cpu_count() or 1
+    if load[0] - threads < 0.75:
+        return None
+    return (f"the CPU looks busy (1-minute load average {load[0]:.1f} on {cores} cores, "
+            f"this process runs {threads} thread(s)); threads that share cores with other "
+            "processes wait for each other, so a step can take many times longer: stop the "
+            "other processes, or set OMP_NUM_THREADS to the cores left free")
+
+
 # -- worker processes ------------------------------------------------------------------------
 
 

@@ -163,11 +163,14 @@ def fit_to_budget(cfg: PretrainConfig, data, opts: StepOptions, budget: StepBudg
         # nothing is written yet: refuse rather than overrun the budget or learn nothing
         rest = budget.reserved_s(step_s, heldout.EVAL_BATCHES)
         need = budget.shortest_s(times, spent - sum(times), heldout.EVAL_BATCHES)
+        busy = (runtime.cpu_contention(torch.get_num_threads())
+                if opts.device.type == "cpu" else None)
         raise runtime.UserError(
             f"the time budget ({runtime.fmt_time(budget.budget_s)}) is too short to train: "
             f"setup and timing took {runtime.fmt_time(spent)}, and at {step_s:.2f} s/step the "
             f"held-out evaluations and the finish need about {runtime.fmt_time(rest)} more; "
-            f"give at least {runtime.fmt_time(need)} (or --steps N)")
+            f"give at least {runtime.fmt_time(need)} (or --steps N)"
+            + (f". Note: {busy}" if busy else ""))
     log(f"budget: {runtime.fmt_time(budget.budget_s)} in all; {runtime.fmt_time(spent)} spent "
         f"on setup and timing; {step_s:.2f} s/step measured → {total} steps "
         f"({total * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens) fit in the time left, "

@@ -646,13 +646,30 @@ def test_a_budget_too_short_to_train_is_refused_before_anything_is_written(tmp_p
 
     monkeypatch.setattr(pretrain_small, "StepBudget",
                         functools.partial(StepBudget, finish_reserve_s=3600.0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(torch.get_num_threads()), 1.0, 1.0))
     out = tmp_path / "run"
     r = _main_in_process(_args(out, cache, "--time-budget", "10s"))
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     assert "the time budget (0:10) is too short to train" in r.stderr
+    assert "the CPU looks busy" not in r.stderr  # only this process's own load
     least = re.search(r"give at least (\d+):(\d\d):(\d\d) \(or --steps N\)", r.stderr)
     assert least and int(least[1]) * 3600 + int(least[2]) * 60 + int(least[3]) >= 3600
     assert not (out / "config.json").exists() and not (out / "checkpoints").exists()
+
+
+def test_a_refusal_on_a_busy_cpu_says_that_other_processes_slow_the_steps(tmp_path, cache,
+                                                                           monkeypatch):
+    """Threads that share cores with other processes can make CPU steps many times slower;
+    the refusal says so, with the load it saw, rather than leaving the user to guess."""
+    from experiments import pretrain_small
+
+    monkeypatch.setattr(pretrain_small, "StepBudget",
+                        functools.partial(StepBudget, finish_reserve_s=3600.0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (torch.get_num_threads() + 1.2, 1.0, 1.0))
+    r = _main_in_process(_args(tmp_path / "run", cache, "--time-budget", "10s"))
+    assert r.returncode == 2
+    assert "too short to train" in r.stderr and "the CPU looks busy" in r.stderr
+    assert f"load average {torch.get_num_threads() + 1.2:.1f}" in r.stderr
 
 
 # -- the resolver and named configurations ---------------------------------------------------

@@ -97,6 +97,14 @@ def test_provenance_names_the_commit_and_versions(tmp_path):
     assert runtime.fmt_time(59) == "0:59" and runtime.fmt_time(3725) == "1:02:05"
 
 
+def test_cpu_contention_is_named_only_when_other_processes_load_the_cores():
+    assert runtime.cpu_contention(2, load=(2.3, 2.0, 1.5), cores=2) is None  # ours alone
+    busy = runtime.cpu_contention(2, load=(3.1, 3.0, 2.0), cores=2)
+    assert "load average 3.1 on 2 cores" in busy and "2 thread(s)" in busy
+    assert "OMP_NUM_THREADS" in busy
+    assert runtime.cpu_contention(1, load=(1.8, 1.0, 1.0), cores=4) is not None
+
+
 def test_guarded_turns_a_ctrl_c_into_one_line_and_exit_130(capsys):
     def interrupted():
         raise KeyboardInterrupt
