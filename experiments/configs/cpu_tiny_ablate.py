@@ -14,13 +14,13 @@ a 2-core CPU) and 22 minutes of GLUE (3 seeds, SST-2 on 20,000 examples; STS-B's
 take 10 of them) per variant and seed; seed 0 of all 13 variants first (about 17 hours; the
 two learning-rate variants are the Wikipedia learning-rate sweep that record asks for), then
 seeds 1 and 2 where they can decide.
-Reached (records/2026-11-30_cpu-tiny-ablation; seed 0 of all 13, baseline 3 seeds): lr-x2
-leaves the plateau sooner in 2 of 2 seeds (unigram AUC 0.605 +- 0.021 against 0.539 +- 0.005;
-the same ranking at 20,000 steps) with no clear GLUE gain (STS-B 22.6 against 17.0, within
-the spread); lr-x0.5 stays in it (0.527, 1 seed); gen-1/4, gen-1/8 and gen-delay-25% lift the
-unigram AUC by about 0.03 (within the spread) and weaken the generator; gdes lifts the
-generator, not the discriminator; dropout-0, heads-1/4/8, gen-1 and mask-25 change nothing
-measurable (heads-8 costs 1.6x the step time); no GLUE change beyond the spread.
+Reached (records/2026-11-30_cpu-tiny-ablation; all 13 variants, the baseline and 3 variants
+with 3 pre-training seeds): lr-x2, gen-delay-25% and gen-1/4 leave the plateau sooner, beyond
+the spread (unigram AUC 0.593 +- 0.026, 0.573 +- 0.025, 0.560 +- 0.012 against 0.539 +- 0.005;
+lr-x2 ranks the same at 20,000 steps); none lifts GLUE beyond the spread (lr-x2's STS-B at its
+edge), so no preset. lr-x0.5 stays in the plateau; gdes lifts the generator, not the
+discriminator; dropout-0, heads-1/4/8, gen-1 and mask-25 change nothing measurable (one seed
+each; heads-8 costs 1.6x the step time).
 """
 
 from electra_fn.study import Variant
