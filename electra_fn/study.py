@@ -125,8 +125,9 @@ def mean_std(values: list[float]) -> dict:
 
 
 def has_weights(pretrain: Path) -> bool:
-    """Whether a pre-training directory holds a model to fine-tune: its ``hf/discriminator``
-    export or a training checkpoint (a record's copy of a run keeps only its logs)."""
+    """Whether a pre-training directory holds a model to fine-tune, as
+    :func:`finetune.resolve_checkpoint` finds one (a record's copy of a run keeps only its
+    logs)."""
     try:
         FT.resolve_checkpoint(pretrain)
     except FileNotFoundError:
