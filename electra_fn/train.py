@@ -159,12 +159,11 @@ def fit_to_budget(cfg: PretrainConfig, data, opts: StepOptions, budget: StepBudg
     spent = time.time() - t_start
     total, step_s = budget.fit(times, spent - sum(times), heldout.EVAL_BATCHES)
     total = distributed.lead_value(total, opts.world)  # rank 0's fit, on every rank
+    busy = runtime.cpu_contention(torch.get_num_threads()) if opts.device.type == "cpu" else None
     if total < (min(MIN_FIT_STEPS, budget.cap) if budget.cap else MIN_FIT_STEPS):
         # nothing is written yet: refuse rather than overrun the budget or learn nothing
         rest = budget.reserved_s(step_s, heldout.EVAL_BATCHES)
         need = budget.shortest_s(times, spent - sum(times), heldout.EVAL_BATCHES)
-        busy = (runtime.cpu_contention(torch.get_num_threads())
-                if opts.device.type == "cpu" else None)
         raise runtime.UserError(
             f"the time budget ({runtime.fmt_time(budget.budget_s)}) is too short to train: "
             f"setup and timing took {runtime.fmt_time(spent)}, and at {step_s:.2f} s/step the "
@@ -175,6 +174,8 @@ def fit_to_budget(cfg: PretrainConfig, data, opts: StepOptions, budget: StepBudg
         f"on setup and timing; {step_s:.2f} s/step measured → {total} steps "
         f"({total * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens) fit in the time left, "
         f"with a {budget.margin:.0%} margin for a machine that slows down")
+    if busy:
+        log(f"note: {busy}")
     return total, step_fn
 
 

@@ -600,9 +600,12 @@ def test_budgeted_run_refits_its_steps_to_its_own_pace(tmp_path, cache, full_run
     monkeypatch.setattr(train, "pretrain_run", pretrain_run)
     monkeypatch.setattr(pretrain_small, "StepBudget",
                         functools.partial(StepBudget, finish_reserve_s=0.5))
+    # a busy machine (as the load average says) is named beside the fit, not only in a refusal
+    monkeypatch.setattr(os, "getloadavg", lambda: (torch.get_num_threads() + 1.0, 1.0, 1.0))
     out = tmp_path / "run"
     r = _main_in_process(_args(out, cache, "--time-budget", "8s"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "note: the CPU looks busy (1-minute load average" in r.stdout
     config = orjson.loads((out / "config.json").read_bytes())
     fit = config["run"]["budget_refit"]
     fitted, refits = fit["fitted_steps"], fit["refits"]
