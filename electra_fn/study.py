@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from . import finetune as FT
 from . import flops, rundir, runtime, train
 from .config import ModelConfig, PretrainConfig
 from .plotting import pyplot
@@ -122,17 +121,6 @@ def mean_std(values: list[float]) -> dict:
     """Mean, sample std (0 for one value) and count."""
     return {"mean": statistics.fmean(values), "n": len(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
-def has_weights(pretrain: Path) -> bool:
-    """Whether a pre-training directory holds a model to fine-tune, as
-    :func:`finetune.resolve_checkpoint` finds one (a record's copy of a run keeps only its
-    logs)."""
-    try:
-        FT.resolve_checkpoint(pretrain)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def read_run(directory: Path) -> dict | None:

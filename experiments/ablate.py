@@ -184,16 +184,18 @@ def run_all(args, flags, spec, glue, variants, seeds, tasks, out, report, log) -
                                             progress=False, title=f"GLUE dev, {v.name}",
                                             skip_done=True)
                 todo = glue_run.tasks_to_run(tasks, opts)
-                if todo and not study.has_weights(directory / "pretrain"):
-                    raise UserError(
-                        f"{v.name}, seed {seed}: GLUE ({', '.join(todo)}) needs the pre-trained "
-                        f"model, but {directory / 'pretrain'} holds only its logs (no "
-                        "hf/discriminator, no checkpoints/: a run copied from a record, or "
-                        "made on another machine). Move that folder aside and run the same "
-                        "command to pre-train it again.")
                 if not todo:
                     log(f"GLUE: {', '.join(tasks)} done before ({opts.out}), kept")
                 else:
+                    try:
+                        FT.resolve_checkpoint(directory / "pretrain")
+                    except FileNotFoundError:
+                        raise UserError(
+                            f"{v.name}, seed {seed}: GLUE ({', '.join(todo)}) needs the "
+                            f"pre-trained model, but {directory / 'pretrain'} holds only its "
+                            "logs (no hf/discriminator, no checkpoints/: a run copied from a "
+                            "record, or made on another machine). Move that folder aside and "
+                            "run the same command to pre-train it again.") from None
                     params, model_cfg, tok, info = FT.load_finetune_inputs(directory / "pretrain")
                     code = glue_run.run_glue(todo, params, model_cfg, tok, info,
                                              FinetuneConfig(), opts, log=log)
